@@ -1,0 +1,3 @@
+from sonalign.cli import main
+
+main()

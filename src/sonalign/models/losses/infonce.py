@@ -1,0 +1,42 @@
+"""Symmetric InfoNCE with a learnable temperature.
+
+Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", ICML 2021;
+Elizalde et al., "CLAP: Learning Audio Concepts from Natural Language Supervision", ICASSP 2023.
+
+loss = 1/2 [ CE(s * A T^T, I) + CE(s * T A^T, I) ],  s = exp(logit_scale) clamped to <= 100.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE between row-aligned (B, E) embeddings (already normalised).
+
+    ``targets`` optionally gives, for each row of ``a``, the index of its positive in ``b``
+    (default: the diagonal).
+    """
+    scale = logit_scale.exp().clamp(max=100.0) if torch.is_tensor(logit_scale) else math.exp(logit_scale)
+    logits = scale * a @ b.T
+    if targets is None:
+        targets = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+class InfoNCELoss(nn.Module):
+    """Module form carrying its own learnable log-temperature (init log(1/0.07), as CLIP)."""
+
+    citation = "Radford et al. 2021 (CLIP); Elizalde et al. 2023 (CLAP)"
+
+    def __init__(self, init_temperature: float = 0.07, learnable: bool = True):
+        super().__init__()
+        value = torch.tensor(math.log(1.0 / init_temperature))
+        self.logit_scale = nn.Parameter(value) if learnable else nn.Parameter(value, requires_grad=False)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return info_nce(a, b, self.logit_scale)
