@@ -1,0 +1,170 @@
+"""Audio decoding, mono mixdown and resampling: soundfile to read, soxr to resample.
+
+Two entry points:
+
+* ``load_audio(path, sample_rate)`` reads a whole (short) file.
+* ``stream_audio(path, sample_rate, block_seconds)`` yields fixed-size blocks of a long file at the
+  target rate, reading and resampling incrementally so a 2-hour file never sits in memory whole.
+
+Both raise :class:`~sonalign.errors.AudioError` naming the file for anything unusable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from sonalign.errors import AudioError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
+
+#: A file whose absolute peak never exceeds this (about -80 dBFS) is called all-silent.
+SILENCE_PEAK = 1e-4
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: str
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Header facts of a file; raises AudioError if it cannot be opened or holds no samples."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        raise AudioError(path, f"unreadable or corrupt audio ({_short(exc)})") from exc
+    frames = int(info.frames)
+    if frames <= 0 or info.samplerate <= 0:
+        raise AudioError(path, "zero-length audio (no samples)")
+    return AudioInfo(str(path), int(info.samplerate), int(info.channels), frames)
+
+
+def to_mono(data: np.ndarray) -> np.ndarray:
+    """(frames, channels) or (frames,) float array -> (frames,) float32 by averaging channels."""
+    if data.ndim == 2:
+        data = data.mean(axis=1)
+    return np.ascontiguousarray(data, dtype=np.float32)
+
+
+def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    if orig_sr == target_sr:
+        return wave.astype(np.float32, copy=False)
+    return soxr.resample(wave, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+
+
+def check_not_silent(wave: np.ndarray, path: str | Path) -> None:
+    if wave.size == 0:
+        raise AudioError(path, "zero-length audio (no samples)")
+    if not np.isfinite(wave).all():
+        raise AudioError(path, "audio contains NaN or infinite samples")
+    if float(np.max(np.abs(wave))) <= SILENCE_PEAK:
+        raise AudioError(path, "all-silent audio (peak below -80 dBFS)")
+
+
+def load_audio(
+    path: str | Path,
+    sample_rate: int | None = None,
+    *,
+    allow_silent: bool = False,
+    start: float = 0.0,
+    duration: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """Read ``path`` (optionally the span ``start`` .. ``start+duration`` seconds) as mono float32.
+
+    Resamples to ``sample_rate`` when given. Returns ``(wave, sample_rate)``.
+    """
+    info = audio_info(path)
+    first = int(round(start * info.sample_rate))
+    count = -1 if duration is None else int(round(duration * info.sample_rate))
+    try:
+        data, sr = sf.read(str(path), start=first, frames=count, dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise AudioError(path, f"unreadable or corrupt audio ({_short(exc)})") from exc
+    wave = to_mono(data)
+    if not allow_silent:
+        check_not_silent(wave, path)
+    if sample_rate is not None and sample_rate != sr:
+        wave = resample(wave, sr, sample_rate)
+        sr = sample_rate
+    return wave, int(sr)
+
+
+def stream_audio(
+    path: str | Path,
+    sample_rate: int,
+    block_seconds: float = 60.0,
+    *,
+    allow_silent: bool = False,
+) -> Iterator[np.ndarray]:
+    """Yield consecutive mono blocks of ``block_seconds`` at ``sample_rate`` (the last may be shorter).
+
+    Decoding and resampling are incremental (soxr's streaming resampler keeps filter state across
+    blocks), so the output equals resampling the whole file at once, up to float rounding, while
+    memory stays bounded by one block. Raises AudioError at the end if every block was silent.
+    """
+    info = audio_info(path)
+    in_block = max(1, int(block_seconds * info.sample_rate))
+    out_block = max(1, int(round(block_seconds * sample_rate)))
+    resampler = None if info.sample_rate == sample_rate else soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
+    pending = np.zeros(0, dtype=np.float32)
+    peak = 0.0
+    try:
+        with sf.SoundFile(str(path)) as handle:
+            while True:
+                data = handle.read(in_block, dtype="float32", always_2d=True)
+                last = data.shape[0] < in_block
+                wave = to_mono(data)
+                if wave.size and not np.isfinite(wave).all():
+                    raise AudioError(path, "audio contains NaN or infinite samples")
+                if wave.size:
+                    peak = max(peak, float(np.max(np.abs(wave))))
+                if resampler is not None:
+                    wave = resampler.resample_chunk(wave, last=last)
+                pending = np.concatenate([pending, wave]) if pending.size else wave
+                while pending.size >= out_block:
+                    yield pending[:out_block]
+                    pending = pending[out_block:]
+                if last:
+                    break
+    except AudioError:
+        raise
+    except Exception as exc:
+        raise AudioError(path, f"unreadable or corrupt audio ({_short(exc)})") from exc
+    if pending.size:
+        yield pending
+    if not allow_silent and peak <= SILENCE_PEAK:
+        raise AudioError(path, "all-silent audio (peak below -80 dBFS)")
+
+
+def find_audio_files(root: str | Path) -> list[Path]:
+    """All audio files under ``root`` (recursive, hidden files skipped), sorted for determinism."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such file or folder")
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
