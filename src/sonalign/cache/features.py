@@ -1,0 +1,248 @@
+"""The feature cache: segment, frame and token features of frozen encoders on disk.
+
+Layout of ``OUT`` (several encoder/segmenter settings can share one folder)::
+
+    audio/{audio_key}/{h[:2]}/{h}.safetensors   one file per recording, h = sha256 of its bytes
+    text/{text_key}/shard-*.safetensors          text features (see text_store.py)
+    views/{audio_key}-{text_key}/                row-aligned metadata of one source:
+        clips.jsonl          one row per clip (id, audio, content_hash, split, label, texts, ...)
+        segments.jsonl       one row per segment, row-aligned with segment_embeddings.npy
+        segment_embeddings.npy
+        settings.json, errors.jsonl
+    hashes.json                                  stat-keyed memo of content hashes
+
+``audio_key`` hashes the audio encoder's settings, the segmenter's settings and this module's
+format version, so changing any of them gives new files instead of stale ones. Each per-recording
+file is written atomically and is complete or absent: a run killed midway and started again
+skips what is there and finishes the rest; a run over an unchanged source does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from sonalign.audio.io import load_audio
+from sonalign.data.clips import Clip
+from sonalign.data.readers import load_clips
+from sonalign.errors import AudioError, SonalignError
+from sonalign.segments import Segment
+from sonalign.utils.atomic import atomic_path, atomic_write_text
+from sonalign.utils.hashing import HashMemo, settings_hash
+from sonalign.utils.progress import progress
+
+FORMAT_VERSION = 1
+#: Log-mel settings for CALM's SpecTran (16 kHz, 25 ms / 10 ms, 64 bins).
+MEL_SETTINGS = {"sample_rate": 16000, "n_fft": 400, "hop_length": 160, "win_length": 400, "n_mels": 64, "f_min": 0.0, "f_max": 8000.0}
+
+
+@dataclass
+class FeatureSettings:
+    audio_encoder: str = "aisfx-cnn"
+    text_encoder: str = "minilm-l6"
+    segmenter: str = "fixed"
+    segmenter_options: dict[str, Any] = field(default_factory=dict)
+    with_mel: bool = False
+
+
+@dataclass
+class ExtractionReport:
+    clips: int = 0
+    encoded: int = 0
+    cached: int = 0
+    texts_encoded: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    view: str = ""
+
+    @property
+    def nothing_done(self) -> bool:
+        return self.encoded == 0 and self.texts_encoded == 0
+
+
+class FeatureCache:
+    """Opens (or creates) a cache folder for one combination of encoders and segmenter."""
+
+    def __init__(self, root: str | Path, settings: FeatureSettings | None = None):
+        from sonalign.encoders import get_audio_encoder, get_text_encoder
+        from sonalign.segmenters import get_segmenter
+
+        self.root = Path(root)
+        self.settings = settings or FeatureSettings()
+        self.audio_encoder = get_audio_encoder(self.settings.audio_encoder)
+        self.text_encoder = get_text_encoder(self.settings.text_encoder)
+        self.segmenter = get_segmenter(self.settings.segmenter, **self.settings.segmenter_options)
+        self.audio_settings = {
+            "format": FORMAT_VERSION,
+            "encoder": self.audio_encoder.settings(),
+            "segmenter": self.segmenter.settings(),
+            "mel": MEL_SETTINGS if self.settings.with_mel else None,
+        }
+        self.audio_key = settings_hash(self.audio_settings)
+        from sonalign.cache.text_store import TextFeatureStore
+
+        self.text_store = TextFeatureStore(self.root, self.text_encoder)
+        self.view_dir = self.root / "views" / f"{self.audio_key}-{self.text_store.key}"
+        self.memo = HashMemo(self.root / "hashes.json")
+
+    # ---- per-recording files -------------------------------------------------------------
+    def audio_path(self, content_hash: str) -> Path:
+        return self.root / "audio" / self.audio_key / content_hash[:2] / f"{content_hash}.safetensors"
+
+    def has_audio(self, content_hash: str) -> bool:
+        return self.audio_path(content_hash).exists()
+
+    def load_audio_features(self, content_hash: str) -> dict[str, Any]:
+        """``embedding`` (S, D), ``frames`` (F, D), ``frame_offsets`` (S+1,), ``segments`` list, ``mel`` (T, M) if cached."""
+        path = self.audio_path(content_hash)
+        with safe_open(str(path), "np") as handle:
+            data = {k: handle.get_tensor(k) for k in handle.keys()}
+            data["segments"] = json.loads(handle.metadata()["segments"])
+        return data
+
+    def _compute(self, clip: Clip, content_hash: str) -> tuple[dict[str, np.ndarray], list[Segment], float]:
+        """Segment and load one recording (I/O-bound: runs in a prefetch thread)."""
+        sr = self.audio_encoder.sample_rate
+        if clip.start > 0 or (clip.duration is not None and clip.custom.get("is_span")):
+            wave, _ = load_audio(clip.audio, sr, start=clip.start, duration=clip.duration)
+            segments = self.segmenter.segment_wave(wave, sr, clip.id)
+            offset = clip.start
+        else:
+            segments = self.segmenter.segment_file(clip.audio, clip.id)
+            offset = 0.0
+        if not segments:
+            raise AudioError(clip.audio, "no segment found (all audio below the segmenter's threshold)")
+        waves = [load_audio(clip.audio, sr, start=offset + s.start, duration=s.duration, allow_silent=True)[0] for s in segments]
+        mels = None
+        if self.settings.with_mel:
+            from sonalign.audio.mel import log_mel
+
+            m = MEL_SETTINGS
+            mels = [np.asarray(log_mel(resample_to(w, sr, m["sample_rate"]), **m), dtype=np.float32) for w in waves]
+        total = float(sum(s.duration for s in segments))
+        return {"waves": waves, "mels": mels}, segments, total
+
+    def _encode_and_write(self, clip: Clip, content_hash: str, loaded: dict, segments: list[Segment], batch_size: int) -> None:
+        out = self.audio_encoder.encode(loaded["waves"], batch_size=batch_size)
+        emb = np.ascontiguousarray(out["embedding"], dtype=np.float32)
+        mask = np.asarray(out["frames_mask"], dtype=bool)
+        frames = [np.asarray(out["frames"][i][mask[i]], dtype=np.float32) for i in range(len(segments))]
+        offsets = np.concatenate([[0], np.cumsum([f.shape[0] for f in frames])]).astype(np.int64)
+        tensors = {"embedding": emb, "frames": np.concatenate(frames), "frame_offsets": offsets}
+        if loaded["mels"] is not None:
+            tensors["mel"] = np.concatenate(loaded["mels"])
+            tensors["mel_offsets"] = np.concatenate([[0], np.cumsum([m.shape[0] for m in loaded["mels"]])]).astype(np.int64)
+        meta = {"segments": json.dumps([s.to_dict() for s in segments]), "source": clip.audio}
+        path = self.audio_path(content_hash)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    # ---- whole sources ---------------------------------------------------------------------
+    def extract(
+        self,
+        clips: list[Clip],
+        *,
+        batch_size: int = 32,
+        show_progress: bool = True,
+        texts: list[str] | None = None,
+    ) -> ExtractionReport:
+        """Make sure every clip (and every text) has cached features; write the view."""
+        started = time.perf_counter()
+        report = ExtractionReport(clips=len(clips), view=str(self.view_dir))
+        rows: list[dict[str, Any]] = []
+        todo: list[tuple[Clip, str]] = []
+        for clip in clips:
+            try:
+                h = self.memo.hash(clip.audio)
+            except OSError as exc:
+                report.failures.append((clip.audio, f"cannot read file ({exc.strerror or exc})"))
+                continue
+            rows.append({"clip": clip, "hash": h})
+            if self.has_audio(h):
+                report.cached += 1
+            else:
+                todo.append((clip, h))
+        self.memo.save()
+        failed: set[str] = {p for p, _ in report.failures}
+        with ThreadPoolExecutor(max_workers=1) as pool, progress(len(todo), "features", disable=not show_progress or not todo) as bar:
+            futures = [pool.submit(self._compute, clip, h) for clip, h in todo[:2]]
+            for i, (clip, h) in enumerate(todo):
+                if i + 2 < len(todo):
+                    futures.append(pool.submit(self._compute, *todo[i + 2]))
+                try:
+                    loaded, segments, seconds = futures[i].result()
+                    futures[i] = None  # free the decoded audio
+                    if self.has_audio(h):  # a duplicate file earlier in this run
+                        report.cached += 1
+                    else:
+                        self._encode_and_write(clip, h, loaded, segments, batch_size)
+                        report.encoded += 1
+                        report.audio_seconds += seconds
+                except SonalignError as exc:
+                    report.failures.append((clip.audio, getattr(exc, "reason", str(exc))))
+                    failed.add(clip.audio)
+                bar.update(1)
+        all_texts = sorted({t for r in rows for t in r["clip"].texts} | set(texts or []))
+        report.texts_encoded = self.text_store.ensure(all_texts, show_progress_bar=show_progress and len(all_texts) > 256)
+        self._write_view([r for r in rows if r["clip"].audio not in failed], report)
+        report.wall_seconds = time.perf_counter() - started
+        return report
+
+    def _write_view(self, rows: list[dict[str, Any]], report: ExtractionReport) -> None:
+        clip_rows = []
+        seg_rows = []
+        embeddings = []
+        for r in rows:
+            clip: Clip = r["clip"]
+            data = self.load_audio_features(r["hash"])
+            clip_rows.append({**asdict(clip), "content_hash": r["hash"], "n_segments": len(data["segments"])})
+            for s, e in zip(data["segments"], data["embedding"]):
+                seg_rows.append({**s, "clip_id": clip.id, "audio": clip.audio, "content_hash": r["hash"]})
+                embeddings.append(e)
+        clips_text = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in clip_rows)
+        errors_text = "".join(json.dumps({"audio": p, "error": why}) + "\n" for p, why in report.failures)
+        digest = settings_hash([clips_text, errors_text], 32)
+        settings_file = self.view_dir / "settings.json"
+        if settings_file.exists() and json.loads(settings_file.read_text()).get("digest") == digest:
+            return  # unchanged source: nothing to rewrite
+        self.view_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.view_dir / "clips.jsonl", clips_text)
+        atomic_write_text(self.view_dir / "segments.jsonl", "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in seg_rows))
+        matrix = np.stack(embeddings) if embeddings else np.zeros((0, self.audio_encoder.dim), np.float32)
+        with atomic_path(self.view_dir / "segment_embeddings.npy") as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, matrix)
+        atomic_write_text(self.view_dir / "errors.jsonl", errors_text)
+        view_settings = {"digest": digest, "audio": self.audio_settings, "text": self.text_encoder.settings(), "feature_settings": asdict(self.settings)}
+        atomic_write_text(settings_file, json.dumps(view_settings, indent=2, default=str))
+
+
+def resample_to(wave: np.ndarray, sr: int, target: int) -> np.ndarray:
+    from sonalign.audio.io import resample
+
+    return resample(wave, sr, target)
+
+
+def extract_features(
+    source: str | Path,
+    out: str | Path,
+    settings: FeatureSettings | None = None,
+    *,
+    split: str | None = None,
+    batch_size: int = 32,
+    show_progress: bool = True,
+) -> ExtractionReport:
+    """Public entry point behind ``sonalign features``: read ``source``, cache its features in ``out``."""
+    clips = load_clips(source, split=split)
+    cache = FeatureCache(out, settings)
+    return cache.extract(clips, batch_size=batch_size, show_progress=show_progress)

@@ -1,0 +1,265 @@
+"""The trainer: AdamW, warmup then cosine, gradient clipping, seeds, a checkpoint per epoch, resume,
+early stopping on the validation split's primary metric, a metrics log and a plot of the curves.
+
+Run folder::
+
+    config.json            resolved config: model, training, data, features (create_model(RUN) reads it)
+    model.safetensors      best weights so far (by the validation primary metric)
+    checkpoints/epoch-NNN.safetensors
+    state.pt               optimizer, scheduler, RNG states, epoch, best metric (for --resume)
+    metrics.jsonl          one row per epoch
+    curves.png
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sonalign.cache.features import FeatureCache, FeatureSettings
+from sonalign.data.readers import load_clips
+from sonalign.errors import ConfigError
+from sonalign.evaluation.retrieval import evaluate_retrieval
+from sonalign.models.factory import create_model, get_model_config
+from sonalign.train.data import PairedFeatures, build_paired, make_batch, model_keys
+from sonalign.train.encode import split_scores
+from sonalign.train.prompts import guess_template
+from sonalign.utils.atomic import atomic_path, atomic_write_text
+from sonalign.utils.progress import progress
+
+
+@dataclass
+class TrainSettings:
+    config: str
+    data: str
+    out: str
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    grad_clip: float = 1.0
+    seed: int = 0
+    patience: int = 5
+    template: str | None = None
+    cache: str | None = None
+    val_fraction: float = 0.1
+    features: dict[str, Any] = field(default_factory=dict)
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def unique_text_batches(texts: list[str], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle rows into batches in which no text repeats.
+
+    Label-prompted data gives many identical captions; two in one batch would be false negatives
+    for every contrastive loss. Each batch takes one row from each of the longest per-text queues
+    (random tie-break), so rows are spread evenly; rows of a lone leftover text are dropped.
+    """
+    queues: dict[str, list[int]] = {}
+    for i in rng.permutation(len(texts)):
+        queues.setdefault(texts[i], []).append(int(i))
+    rank = {t: r for r, t in enumerate(rng.permutation(sorted(queues)))}
+    batches: list[np.ndarray] = []
+    while len(queues) >= 2:
+        chosen = sorted(queues, key=lambda t: (-len(queues[t]), rank[t]))[:batch_size]
+        batches.append(np.array([queues[t].pop() for t in chosen]))
+        for t in chosen:
+            if not queues[t]:
+                del queues[t]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _one_text_per_clip(data: PairedFeatures, rng: np.random.Generator) -> list[int]:
+    """One random caption per clip for this epoch (several captions of a clip in a batch would be false negatives)."""
+    rows: dict[int, list[int]] = {}
+    for i, c in enumerate(data.text_to_clip):
+        rows.setdefault(int(c), []).append(i)
+    return [int(rng.choice(v)) for _, v in sorted(rows.items())]
+
+
+def _lr_lambda(total: int, warmup: int):
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress_ = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
+
+    return fn
+
+
+def prepare_data(settings: TrainSettings, model_config: dict[str, Any], *, show_progress: bool = True) -> tuple[FeatureCache, dict[str, PairedFeatures], dict[str, Any]]:
+    """Extract features if missing and build the train/val splits (val carved from train if absent)."""
+    clips = load_clips(settings.data)
+    if not clips:
+        raise ConfigError(f"{settings.data}: no clips found")
+    feature_settings = FeatureSettings(**{**model_config.get("features", {}), **settings.features})
+    cache_dir = settings.cache or str(Path(settings.out) / "features")
+    cache = FeatureCache(cache_dir, feature_settings)
+    labels = sorted({c.label for c in clips if c.label is not None})
+    template = settings.template or (guess_template(labels) if labels and not any(c.texts for c in clips) else None)
+    train = [c for c in clips if c.split in (None, "train")]
+    val = [c for c in clips if c.split == "val"]
+    if not val:
+        rng = np.random.default_rng(settings.seed)
+        order = rng.permutation(len(train))
+        n_val = max(1, int(len(train) * settings.val_fraction))
+        val = [train[i] for i in sorted(order[:n_val])]
+        train = [train[i] for i in sorted(order[n_val:])]
+    cache.extract(train + val, show_progress=show_progress)
+    label_names = sorted(set(labels)) if labels else None
+    if label_names:
+        from sonalign.train.data import _label_key
+
+        label_names = sorted(label_names, key=_label_key)
+    splits = {"train": build_paired(cache, train, template, label_names), "val": build_paired(cache, val, template, label_names)}
+    data_info = {"source": str(settings.data), "template": template, "labels": label_names, "n_train_clips": len(splits["train"].clips), "n_val_clips": len(splits["val"].clips), "features": asdict(feature_settings), "cache": cache_dir}
+    return cache, splits, data_info
+
+
+def train(settings: TrainSettings, *, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """Train ``settings.config`` on ``settings.data``; returns the summary (best epoch and metric)."""
+    out = Path(settings.out)
+    config_path = out / "config.json"
+    if resume:
+        if not config_path.exists():
+            raise ConfigError(f"{out}: nothing to resume (no config.json)")
+        saved = json.loads(config_path.read_text())
+        settings = TrainSettings(**saved["training"])
+    model_config = get_model_config(settings.config)
+    for key, value in settings.model_overrides.items():
+        model_config[key] = value
+    seed_everything(settings.seed)
+    cache, splits, data_info = prepare_data(settings, model_config, show_progress=show_progress)
+    if "num_classes" in model_config and data_info["labels"]:
+        model_config["num_classes"] = len(data_info["labels"])
+    model = create_model(settings.config, **{k: v for k, v in model_config.items() if k != "method"})
+    model.train()
+    keys = model_keys(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    train_data = splits["train"]
+    probe_rng = np.random.default_rng(0)
+    probe_rows = _one_text_per_clip(train_data, probe_rng)
+    batches_per_epoch = max(1, len(unique_text_batches([train_data.texts[r] for r in probe_rows], settings.batch_size, probe_rng)))
+    total = batches_per_epoch * settings.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, int(total * settings.warmup_ratio)))
+    start_epoch, best, best_epoch, history = 0, -1.0, -1, []
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    resolved = {"model": model_config, "training": asdict(settings), "data": data_info}
+    if resume and (out / "state.pt").exists():
+        state = torch.load(out / "state.pt", weights_only=False)
+        model.load_state_dict(load_file(str(out / "checkpoints" / f"epoch-{state['epoch']:03d}.safetensors")))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best, best_epoch, history = state["epoch"] + 1, state["best"], state["best_epoch"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+    atomic_write_text(config_path, json.dumps(resolved, indent=2, default=str))
+    for epoch in range(start_epoch, settings.epochs):
+        if best_epoch >= 0 and epoch - best_epoch > settings.patience:
+            break
+        started = time.perf_counter()
+        rng = np.random.default_rng(settings.seed * 1000 + epoch)
+        rows = _one_text_per_clip(train_data, rng)
+        texts = [train_data.texts[r] for r in rows]
+        batches = [np.array(rows)[b] for b in unique_text_batches(texts, settings.batch_size, rng)]
+        model.train()
+        losses: dict[str, list[float]] = {}
+        with progress(len(batches), f"epoch {epoch + 1}/{settings.epochs}", disable=not show_progress, unit="batch") as bar:
+            for idx in batches:
+                batch = make_batch(cache, train_data, idx, keys)
+                result = model(batch)
+                optimizer.zero_grad(set_to_none=True)
+                result["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                losses.setdefault("loss", []).append(float(result["loss"]))
+                for name, value in result["losses"].items():
+                    losses.setdefault(name, []).append(float(value))
+                bar.set_postfix(loss=f"{np.mean(losses['loss']):.3f}")
+                bar.update(1)
+        val_metrics = validation_metrics(model, cache, splits["val"])
+        row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)}
+        row.update({f"train/{k}": float(np.mean(v)) for k, v in losses.items()})
+        row.update({f"val/{k}": float(v) for k, v in val_metrics.items()})
+        history.append(row)
+        primary = val_metrics["primary"]
+        weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        with atomic_path(out / "checkpoints" / f"epoch-{epoch:03d}.safetensors") as tmp:
+            save_file(weights, str(tmp))
+        if primary > best:
+            best, best_epoch = primary, epoch
+            with atomic_path(out / "model.safetensors") as tmp:
+                save_file(weights, str(tmp))
+        state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best": best, "best_epoch": best_epoch, "history": history,
+                 "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+        with atomic_path(out / "state.pt") as tmp:
+            torch.save(state, tmp)
+        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        plot_curves(history, out / "curves.png")
+    summary = {"run": str(out), "best_epoch": best_epoch + 1, "best_val_primary": best, "epochs_run": len(history)}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def validation_metrics(model, cache: FeatureCache, data: PairedFeatures) -> dict[str, float]:
+    """Validation numbers; ``primary`` drives checkpoint choice and early stopping.
+
+    Captioned data: retrieval, primary = mean of text-to-audio R@1/5/10. Label-only data (all texts
+    are prompts of a class): zero-shot top-1 accuracy over the class prompts, since a retrieval
+    query such as "the sound of coughing" has every coughing clip as a correct answer.
+    """
+    from sonalign.train.encode import encode_audio_items, encode_texts, score_matrix
+    from sonalign.train.prompts import render
+
+    model.eval()
+    if data.labels is not None and data.template:
+        audio = encode_audio_items(model, data.audio)
+        prompts = encode_texts(model, cache, [render(data.template, name) for name in data.label_names])
+        predicted = score_matrix(model, audio, prompts).argmax(1)
+        accuracy = float(np.mean(predicted == data.labels))
+        return {"zeroshot/accuracy": accuracy, "primary": accuracy}
+    return dict(evaluate_retrieval(split_scores(model, cache, data), data.text_to_clip).metrics)
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in sorted(k for k in history[0] if k.startswith("train/")):
+        ax1.plot(epochs, [h[key] for h in history], label=key[6:])
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss")
+    ax1.legend(fontsize=7)
+    for key in ("val/t2a/R@1", "val/t2a/R@10", "val/a2t/R@1", "val/primary"):
+        if key in history[0]:
+            ax2.plot(epochs, [h[key] for h in history], label=key[4:])
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

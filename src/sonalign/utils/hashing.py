@@ -1,0 +1,58 @@
+"""Content hashes (sha256 of file bytes) with a stat-keyed memo so unchanged files are not re-read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from sonalign.utils.atomic import atomic_write_text
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def settings_hash(settings: Any, length: int = 12) -> str:
+    """Stable short hash of a JSON-able settings object (key order does not matter)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def text_sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+class HashMemo:
+    """Remembers ``path -> (size, mtime_ns, sha256)`` in a JSON file; re-hashes only changed files."""
+
+    def __init__(self, memo_path: str | Path):
+        self.memo_path = Path(memo_path)
+        self._memo: dict[str, list] = {}
+        if self.memo_path.exists():
+            try:
+                self._memo = json.loads(self.memo_path.read_text())
+            except (json.JSONDecodeError, OSError):
+                self._memo = {}  # a damaged memo only costs re-hashing
+        self._dirty = False
+
+    def hash(self, path: str | Path) -> str:
+        path = Path(path)
+        st = path.stat()
+        key = str(path.resolve())
+        entry = self._memo.get(key)
+        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
+            return entry[2]
+        digest = file_sha256(path)
+        self._memo[key] = [st.st_size, st.st_mtime_ns, digest]
+        self._dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self._dirty:
+            atomic_write_text(self.memo_path, json.dumps(self._memo))
+            self._dirty = False
