@@ -68,7 +68,7 @@ MapConvention = Literal["torchmetrics", "min_relevant_k"]
 EmptyAction = Literal["error", "skip", "neg"]
 
 # Upper bound on the number of score comparisons materialised at once (bool array entries).
-_CHUNK_ELEMENTS = 1 << 23
+_CHUNK_ELEMENTS = 1 << 22
 # Mean relevant items per query above which sorting beats counting.
 _DENSE_RELEVANCE = 32
 

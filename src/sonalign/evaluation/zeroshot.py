@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -187,9 +187,8 @@ def class_prompts(
     """
     if len(class_names) == 0:
         raise ValueError("class_names is empty")
-    tpl = _check_template(template if template is not None else default_template(kind))
-    if template is not None and kind not in DEFAULT_TEMPLATES:
-        raise ValueError(f"unknown dataset kind {kind!r}; choose one of {sorted(DEFAULT_TEMPLATES)}")
+    default = default_template(kind)  # validates kind
+    tpl = _check_template(template if template is not None else default)
     prompts = [tpl.format(label=label_to_phrase(c, kind)) for c in class_names]
     return prompts, tpl
 
@@ -219,19 +218,28 @@ def _l2_normalize(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def _encode_labels(labels: Any, class_names: Sequence[Any] | None, n_classes: int) -> np.ndarray:
-    arr = _to_numpy(labels, "labels") if not isinstance(labels, (list, tuple)) else np.asarray(labels, dtype=object)
+    """Class indices for ``labels`` given as indices or as class names."""
+    if isinstance(labels, (list, tuple)):
+        arr = np.asarray(labels, dtype=object)
+        if arr.size and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
+            arr = arr.astype(np.int64)
+    else:
+        arr = _to_numpy(labels, "labels")
     if arr.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {arr.shape}")
-    if arr.size and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in arr.tolist()):
+    if np.issubdtype(arr.dtype, np.integer):
         idx = arr.astype(np.int64)
-    elif class_names is not None:
+    elif class_names is not None and (arr.dtype == object or arr.dtype.kind in "US"):
         lookup = {str(c): i for i, c in enumerate(class_names)}
-        unknown = sorted({str(v) for v in arr.tolist()} - lookup.keys())
+        values = [str(v) for v in arr.tolist()]
+        unknown = sorted(set(values) - lookup.keys())
         if unknown:
             raise ValueError(f"labels {unknown[:5]} are not among class_names {list(lookup)[:10]}")
-        idx = np.array([lookup[str(v)] for v in arr.tolist()], dtype=np.int64)
+        idx = np.array([lookup[v] for v in values], dtype=np.int64)
     else:
-        raise ValueError("labels must be integer class indices unless class_names is given")
+        raise ValueError(
+            f"labels must be integer class indices (got dtype {arr.dtype}), or class names together with class_names"
+        )
     bad = (idx < 0) | (idx >= n_classes)
     if bad.any():
         raise ValueError(f"label {int(idx[bad][0])} is outside [0, {n_classes}) ({int(bad.sum())} such labels)")
@@ -349,7 +357,3 @@ def zero_shot_classify(
         result.conventions["similarity"] = "scores from a caller-supplied similarity function"
     return result
 
-
-def zero_shot_from_mapping(results: Mapping[str, ZeroShotResult]) -> dict[str, dict[str, Any]]:
-    """JSON-ready dict of several named zero-shot results (e.g. per dataset)."""
-    return {name: r.to_dict() for name, r in results.items()}
