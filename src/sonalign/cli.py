@@ -111,6 +111,55 @@ def features(
     _report_failures(report.failures, strict)
 
 
+@app.command("train")
+def train_cmd(
+    config: str = typer.Option(..., "--config", help="Model config name (see `sonalign models`) or a JSON path."),
+    data: Path = typer.Option(..., "--data", help="Training source: JSONL manifest, Clotho/AudioCaps CSV or folder."),
+    out_dir: Path = typer.Option(..., "--out", help="Run folder (checkpoints, config, metrics, curves)."),
+    epochs: int = typer.Option(30, help="Maximum epochs (early stopping may end sooner)."),
+    batch_size: int = typer.Option(32, help="Pairs per batch (no caption repeats inside a batch)."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warmup then cosine)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    patience: int = typer.Option(5, help="Stop after this many epochs without a better validation score."),
+    template: Optional[str] = typer.Option(None, help="Prompt template for label-only data, e.g. 'the sound of {label}' or sound|digit|emotion."),
+    cache: Optional[Path] = typer.Option(None, help="Feature cache folder to reuse (default RUN/features)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
+) -> None:
+    """Train an alignment model on cached frozen-encoder features (extracted first if missing)."""
+    from sonalign.train.trainer import TrainSettings, train
+
+    settings = TrainSettings(config=config, data=str(data), out=str(out_dir), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                             patience=patience, template=template, cache=str(cache) if cache else None)
+    summary = _guard(lambda: train(settings, resume=resume))
+    console.print(f"best epoch {summary['best_epoch']}: validation primary {summary['best_val_primary']:.4f}; run in {out_dir}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="A run folder made by `sonalign train`."),
+    data: Path = typer.Option(..., "--data", help="Evaluation source (manifest, captions CSV or folder)."),
+    split: str = typer.Option("test", help="Split to evaluate ('all' for every clip)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
+    report: Optional[Path] = typer.Option(None, help="Report folder (JSON, Markdown, PNG plots); default RUN/eval-SPLIT."),
+    noise: Optional[Path] = typer.Option(None, help="Folder of real noise recordings (outside the evaluated set) for 15/10/5 dB robustness."),
+    probe: Optional[Path] = typer.Option(None, help="Labelled manifest with train/test splits for a linear probe (e.g. EmoDB)."),
+    template: Optional[str] = typer.Option(None, help="Prompt template for label-only data (default: the run's)."),
+) -> None:
+    """Evaluate a trained run: retrieval both ways, zero-shot, noise robustness, linear probe."""
+    from sonalign.evaluation.report import format_table, write_report
+    from sonalign.evaluation.run import evaluate_run
+    from sonalign.utils.atomic import atomic_write_text
+
+    result = _guard(lambda: evaluate_run(run, data, split=None if split == "all" else split, noise=noise, probe_data=probe, template=template))
+    out.print(format_table(result.metrics, title=f"{run} on {data} [{split}]"))
+    paths = write_report(report or run / f"eval-{split}", retrieval=result.retrieval if hasattr(result.retrieval, "ranks") else {"metrics": result.retrieval},
+                         zeroshot=result.zeroshot, robustness=result.robustness if len(result.robustness) > 1 else None,
+                         probe=result.probe or None, metadata=result.metadata)
+    if json_path:
+        atomic_write_text(json_path, json.dumps({"metrics": result.metrics, "metadata": result.metadata}, indent=2, default=str))
+    console.print(f"report: {paths.directory}")
+
+
 def _guard(fn):
     """Run ``fn``; turn sonalign's own errors and missing files into one clear line, exit 2."""
     from sonalign.errors import SonalignError

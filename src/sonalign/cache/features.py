@@ -109,40 +109,78 @@ class FeatureCache:
             data["segments"] = json.loads(handle.metadata()["segments"])
         return data
 
-    def _compute(self, clip: Clip, content_hash: str) -> tuple[dict[str, np.ndarray], list[Segment], float]:
-        """Segment and load one recording (I/O-bound: runs in a prefetch thread)."""
+    def _load_segments(self, clip: Clip) -> tuple[list[np.ndarray], list[Segment]]:
+        """Segment one recording and read each segment at the encoder's rate (I/O-bound: prefetch thread)."""
         sr = self.audio_encoder.sample_rate
-        if clip.start > 0 or (clip.duration is not None and clip.custom.get("is_span")):
+        if clip.start > 0:
             wave, _ = load_audio(clip.audio, sr, start=clip.start, duration=clip.duration)
-            segments = self.segmenter.segment_wave(wave, sr, clip.id)
-            offset = clip.start
-        else:
-            segments = self.segmenter.segment_file(clip.audio, clip.id)
-            offset = 0.0
+            return self._cut(wave, sr, clip.id)
+        segments = self.segmenter.segment_file(clip.audio, clip.id)
         if not segments:
             raise AudioError(clip.audio, "no segment found (all audio below the segmenter's threshold)")
-        waves = [load_audio(clip.audio, sr, start=offset + s.start, duration=s.duration, allow_silent=True)[0] for s in segments]
-        mels = None
-        if self.settings.with_mel:
-            from sonalign.audio.mel import log_mel
+        waves = [load_audio(clip.audio, sr, start=s.start, duration=s.duration, allow_silent=True)[0] for s in segments]
+        return waves, segments
 
-            m = MEL_SETTINGS
-            mels = [np.asarray(log_mel(resample_to(w, sr, m["sample_rate"]), **m), dtype=np.float32) for w in waves]
-        total = float(sum(s.duration for s in segments))
-        return {"waves": waves, "mels": mels}, segments, total
+    def _cut(self, wave: np.ndarray, sr: int, recording_id: str) -> tuple[list[np.ndarray], list[Segment]]:
+        segments = self.segmenter.segment_wave(wave, sr, recording_id)
+        if not segments:
+            raise AudioError(recording_id, "no segment found (all audio below the segmenter's threshold)")
+        waves = [wave[int(round(s.start * sr)) : int(round(s.end * sr))] for s in segments]
+        return waves, segments
 
-    def _encode_and_write(self, clip: Clip, content_hash: str, loaded: dict, segments: list[Segment], batch_size: int) -> None:
-        out = self.audio_encoder.encode(loaded["waves"], batch_size=batch_size)
-        emb = np.ascontiguousarray(out["embedding"], dtype=np.float32)
+    def encode_segments(self, waves: list[np.ndarray], segments: list[Segment], batch_size: int = 32) -> dict[str, Any]:
+        """Encoder outputs for already-cut segments, in the cache's per-recording layout."""
+        out = self.audio_encoder.encode(waves, batch_size=batch_size)
         mask = np.asarray(out["frames_mask"], dtype=bool)
         frames = [np.asarray(out["frames"][i][mask[i]], dtype=np.float32) for i in range(len(segments))]
-        offsets = np.concatenate([[0], np.cumsum([f.shape[0] for f in frames])]).astype(np.int64)
-        tensors = {"embedding": emb, "frames": np.concatenate(frames), "frame_offsets": offsets}
-        if loaded["mels"] is not None:
-            tensors["mel"] = np.concatenate(loaded["mels"])
-            tensors["mel_offsets"] = np.concatenate([[0], np.cumsum([m.shape[0] for m in loaded["mels"]])]).astype(np.int64)
-        meta = {"segments": json.dumps([s.to_dict() for s in segments]), "source": clip.audio}
-        path = self.audio_path(content_hash)
+        data: dict[str, Any] = {
+            "embedding": np.ascontiguousarray(out["embedding"], dtype=np.float32),
+            "frames": np.concatenate(frames),
+            "frame_offsets": np.concatenate([[0], np.cumsum([f.shape[0] for f in frames])]).astype(np.int64),
+            "segments": [s.to_dict() for s in segments],
+        }
+        if self.settings.with_mel:
+            from sonalign.audio.io import resample
+            from sonalign.audio.mel import log_mel
+
+            sr = self.audio_encoder.sample_rate
+            mels = [np.asarray(log_mel(resample(w, sr, MEL_SETTINGS["sample_rate"]), **MEL_SETTINGS), dtype=np.float32) for w in waves]
+            data["mel"] = np.concatenate(mels)
+            data["mel_offsets"] = np.concatenate([[0], np.cumsum([m.shape[0] for m in mels])]).astype(np.int64)
+        return data
+
+    def features_from_wave(self, wave: np.ndarray, sample_rate: int, recording_id: str, batch_size: int = 32) -> dict[str, Any]:
+        """Segment and encode an in-memory waveform (e.g. a noisy mixture); nothing is written."""
+        from sonalign.audio.io import resample
+
+        sr = self.audio_encoder.sample_rate
+        waves, segments = self._cut(resample(wave, sample_rate, sr), sr, recording_id)
+        return self.encode_segments(waves, segments, batch_size)
+
+    def noisy_features(self, clip: Clip, bank: Any, snr_db: float, noise_key: str) -> dict[str, Any]:
+        """Features of ``clip`` mixed with ``bank``'s noise at ``snr_db`` (cached under ``noisy/``).
+
+        The whole recording is mixed before segmentation, as a noisy recording would arrive.
+        """
+        h = self.memo.hash(clip.audio)
+        path = self.root / "noisy" / self.audio_key / noise_key / f"{snr_db:g}dB" / h[:2] / f"{h}.safetensors"
+        if not path.exists():
+            sr = self.audio_encoder.sample_rate
+            wave, _ = load_audio(clip.audio, sr, start=clip.start, duration=clip.duration if clip.start > 0 else None)
+            mixed = np.asarray(bank.mix(wave, clip.id, snr_db), dtype=np.float32)
+            data = self.features_from_wave(mixed, sr, clip.id)
+            self._write_to(path, data, clip.audio)
+        with safe_open(str(path), "np") as handle:
+            data = {k: handle.get_tensor(k) for k in handle.keys()}
+            data["segments"] = json.loads(handle.metadata()["segments"])
+        return data
+
+    def _write(self, content_hash: str, data: dict[str, Any], source: str) -> None:
+        self._write_to(self.audio_path(content_hash), data, source)
+
+    def _write_to(self, path: Path, data: dict[str, Any], source: str) -> None:
+        tensors = {k: v for k, v in data.items() if k != "segments"}
+        meta = {"segments": json.dumps(data["segments"]), "source": source}
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -175,19 +213,19 @@ class FeatureCache:
         self.memo.save()
         failed: set[str] = {p for p, _ in report.failures}
         with ThreadPoolExecutor(max_workers=1) as pool, progress(len(todo), "features", disable=not show_progress or not todo) as bar:
-            futures = [pool.submit(self._compute, clip, h) for clip, h in todo[:2]]
+            futures = [pool.submit(self._load_segments, clip) for clip, _ in todo[:2]]
             for i, (clip, h) in enumerate(todo):
                 if i + 2 < len(todo):
-                    futures.append(pool.submit(self._compute, *todo[i + 2]))
+                    futures.append(pool.submit(self._load_segments, todo[i + 2][0]))
                 try:
-                    loaded, segments, seconds = futures[i].result()
+                    waves, segments = futures[i].result()
                     futures[i] = None  # free the decoded audio
                     if self.has_audio(h):  # a duplicate file earlier in this run
                         report.cached += 1
                     else:
-                        self._encode_and_write(clip, h, loaded, segments, batch_size)
+                        self._write(h, self.encode_segments(waves, segments, batch_size), clip.audio)
                         report.encoded += 1
-                        report.audio_seconds += seconds
+                        report.audio_seconds += float(sum(s.duration for s in segments))
                 except SonalignError as exc:
                     report.failures.append((clip.audio, getattr(exc, "reason", str(exc))))
                     failed.add(clip.audio)
@@ -225,12 +263,6 @@ class FeatureCache:
         atomic_write_text(self.view_dir / "errors.jsonl", errors_text)
         view_settings = {"digest": digest, "audio": self.audio_settings, "text": self.text_encoder.settings(), "feature_settings": asdict(self.settings)}
         atomic_write_text(settings_file, json.dumps(view_settings, indent=2, default=str))
-
-
-def resample_to(wave: np.ndarray, sr: int, target: int) -> np.ndarray:
-    from sonalign.audio.io import resample
-
-    return resample(wave, sr, target)
 
 
 def extract_features(

@@ -102,12 +102,24 @@ def _lr_lambda(total: int, warmup: int):
     return fn
 
 
+def model_inputs(model_config: dict[str, Any]) -> tuple[str, ...]:
+    """The batch keys a config's model class reads, without building the model."""
+    from importlib import import_module
+
+    from sonalign.models.factory import METHODS
+
+    module_name, class_name = METHODS[model_config["method"]].split(":")
+    return tuple(getattr(getattr(import_module(module_name), class_name), "required_inputs", ()))
+
+
 def prepare_data(settings: TrainSettings, model_config: dict[str, Any], *, show_progress: bool = True) -> tuple[FeatureCache, dict[str, PairedFeatures], dict[str, Any]]:
     """Extract features if missing and build the train/val splits (val carved from train if absent)."""
     clips = load_clips(settings.data)
     if not clips:
         raise ConfigError(f"{settings.data}: no clips found")
     feature_settings = FeatureSettings(**{**model_config.get("features", {}), **settings.features})
+    if "audio_mel" in model_inputs(model_config):
+        feature_settings.with_mel = True
     cache_dir = settings.cache or str(Path(settings.out) / "features")
     cache = FeatureCache(cache_dir, feature_settings)
     labels = sorted({c.label for c in clips if c.label is not None})
@@ -131,15 +143,21 @@ def prepare_data(settings: TrainSettings, model_config: dict[str, Any], *, show_
     return cache, splits, data_info
 
 
-def train(settings: TrainSettings, *, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Train ``settings.config`` on ``settings.data``; returns the summary (best epoch and metric)."""
+def train(settings: TrainSettings, *, resume: bool = False, show_progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+    """Train ``settings.config`` on ``settings.data``; returns the summary (best epoch and metric).
+
+    ``stop_after`` ends the process after that many epochs of this call, exactly as a kill between
+    two epochs would (used to test ``resume``).
+    """
     out = Path(settings.out)
     config_path = out / "config.json"
     if resume:
         if not config_path.exists():
             raise ConfigError(f"{out}: nothing to resume (no config.json)")
         saved = json.loads(config_path.read_text())
+        epochs = settings.epochs  # the only setting a resume may change: train further
         settings = TrainSettings(**saved["training"])
+        settings.epochs = epochs
     model_config = get_model_config(settings.config)
     for key, value in settings.model_overrides.items():
         model_config[key] = value
@@ -147,6 +165,11 @@ def train(settings: TrainSettings, *, resume: bool = False, show_progress: bool 
     cache, splits, data_info = prepare_data(settings, model_config, show_progress=show_progress)
     if "num_classes" in model_config and data_info["labels"]:
         model_config["num_classes"] = len(data_info["labels"])
+    # Input widths follow the frozen encoders actually used, whatever the registered config says.
+    if "audio_dim" in model_config:
+        model_config["audio_dim"] = cache.audio_encoder.dim
+    if "text_dim" in model_config:
+        model_config["text_dim"] = cache.text_encoder.dim
     model = create_model(settings.config, **{k: v for k, v in model_config.items() if k != "method"})
     model.train()
     keys = model_keys(model)
@@ -175,6 +198,8 @@ def train(settings: TrainSettings, *, resume: bool = False, show_progress: bool 
     for epoch in range(start_epoch, settings.epochs):
         if best_epoch >= 0 and epoch - best_epoch > settings.patience:
             break
+        if stop_after is not None and epoch - start_epoch >= stop_after:
+            break
         started = time.perf_counter()
         rng = np.random.default_rng(settings.seed * 1000 + epoch)
         rows = _one_text_per_clip(train_data, rng)
@@ -191,9 +216,9 @@ def train(settings: TrainSettings, *, resume: bool = False, show_progress: bool 
                 torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
                 optimizer.step()
                 scheduler.step()
-                losses.setdefault("loss", []).append(float(result["loss"]))
+                losses.setdefault("loss", []).append(result["loss"].item())
                 for name, value in result["losses"].items():
-                    losses.setdefault(name, []).append(float(value))
+                    losses.setdefault(name, []).append(value.item())
                 bar.set_postfix(loss=f"{np.mean(losses['loss']):.3f}")
                 bar.update(1)
         val_metrics = validation_metrics(model, cache, splits["val"])
@@ -214,6 +239,7 @@ def train(settings: TrainSettings, *, resume: bool = False, show_progress: bool 
         with atomic_path(out / "state.pt") as tmp:
             torch.save(state, tmp)
         atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    if history:
         plot_curves(history, out / "curves.png")
     summary = {"run": str(out), "best_epoch": best_epoch + 1, "best_val_primary": best, "epochs_run": len(history)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
