@@ -44,6 +44,8 @@ class AlignmentModel(nn.Module):
 
     #: Batch keys this model reads (masks are implied).
     required_inputs: tuple[str, ...] = ("audio_embedding", "text_embedding")
+    #: Keys used when present (e.g. ``labels`` for a classifier head).
+    optional_inputs: tuple[str, ...] = ()
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()

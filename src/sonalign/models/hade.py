@@ -3,26 +3,27 @@
 Xin, Zhu, Cheng, Yang, Zou, "Audio-text Retrieval with Transformer-based Hierarchical Alignment and
 Disentangled Cross-modal Representation", Interspeech 2024 (arXiv:2409.09256).
 
-How the implementation maps to the paper (its training objective is L = L_S + alpha L_D + beta L_A):
+How the implementation maps to the paper (whose objective L = L_S + alpha L_D + beta L_A adds local,
+factor-level terms to the global contrastive loss; here every term has its own weight in ``weights``):
 
 * **Two-stream transformers.** ``num_blocks`` pre-LN transformer blocks over the projected audio
   frames (``audio_frames``, sinusoidal time positions added; the frozen encoder's frames carry none)
   and ``num_blocks`` blocks over the projected text token states (``text_tokens``; MiniLM states
-  already encode position). The streams never attend to each other, so each side encodes alone and
-  the outputs can be indexed.
+  already encode position). The streams never attend to each other (no cross-modal attention), so
+  each side encodes alone and its outputs can go into a vector index.
 * **Transformer-based hierarchical alignment (THA).** Contrastive alignment at three granularities:
   *token level* -- FILIP-style late interaction on the final token states (each text token's max
   cosine over frames, averaged; and the reverse), cross-entropy over the batch
   (``losses/hierarchical.py``); *block level* -- masked-mean pooled outputs of the intermediate blocks
   listed in ``block_levels`` (0-based), each with its own heads and InfoNCE; *sequence level* -- the
-  final pooled embeddings, InfoNCE (the paper's L_S).
+  final pooled embeddings, InfoNCE.
 * **Disentangled cross-modal representation (DCR).** The final pooled state of each side is projected
   by K heads into K factor sub-spaces (``num_factors`` x ``factor_dim``), each L2-normalised; a
-  decorrelation (or orthogonality) penalty between factors (``losses/disentangle.py``) is the
-  paper's L_D.
+  decorrelation (or orthogonality) penalty between factors (``losses/disentangle.py``) keeps them
+  from encoding the same thing.
 * **Confidence-aware aggregation (CA).** A small gate on each side predicts a softmax confidence
   over the K factors from that side's pooled state (``c^a``, ``c^t``). The factor-level score is
-  ``s_F(a, t) = sum_k w_k(a, t) cos(a_k, t_k)``; InfoNCE on s_F is the paper's L_A. The paper
+  ``s_F(a, t) = sum_k w_k(a, t) cos(a_k, t_k)``, trained with a contrastive loss on s_F. The paper
   estimates a confidence per factor *pair*; to keep scoring index-friendly (no pairwise network) we
   derive the pair weight from the two sides' confidences:
 
@@ -42,6 +43,9 @@ How the implementation maps to the paper (its training objective is L = L_S + al
 
 Ablations: ``use_token_level`` / ``use_block_level`` / ``use_factors`` (and the loss weights in
 ``weights``) switch components off; disabled components create no parameters.
+
+Cost note: the token-level loss materialises a (B, B, T, L) similarity tensor per step (e.g. 64 x 64
+x 156 frames x 30 tokens = 19 M floats); lower the batch or switch it off for long clips.
 """
 
 from __future__ import annotations
@@ -108,6 +112,8 @@ class HADE(AlignmentModel):
         ff, drop = c.get("ff_mult", 4), c.get("dropout", 0.1)
         temp = c.get("init_temperature", 0.07)
         self.weights = {**DEFAULT_WEIGHTS, **c.get("weights", {})}
+        if set(self.weights) != set(DEFAULT_WEIGHTS):
+            raise ConfigError(f"hade: unknown loss weights {sorted(set(self.weights) - set(DEFAULT_WEIGHTS))}; known: {sorted(DEFAULT_WEIGHTS)}")
         self.use_token = bool(c.get("use_token_level", True)) and self.weights["token"] > 0
         self.use_factors = bool(c.get("use_factors", True))
         self.block_levels: list[int] = list(c.get("block_levels", [1, 2])) if c.get("use_block_level", True) and self.weights["block"] > 0 else []

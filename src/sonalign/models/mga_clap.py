@@ -76,7 +76,7 @@ class MGAClap(AlignmentModel):
         self.text_blocks = TransformerStack(dim, c.get("text_layers", 1), heads, ff, drop)
         self.word_proj = _token_mlp(dim, embed)
         self.codebook = (
-            SharedCodebook(c.get("num_codes", 1024), embed, c.get("codebook_temperature", 0.1), c.get("sparsify", "sparsemax"), c.get("top_k", 32))
+            SharedCodebook(c.get("num_codes", 1024), embed, c.get("codebook_temperature", 100.0), c.get("sparsify", "sparsemax"), c.get("top_k", 32))
             if c.get("use_codebook", True)
             else None
         )

@@ -13,6 +13,13 @@ the SAME learnable codebook C (K x E):
    ``"topk"`` (softmax restricted to the k largest affinities);
 4. global embedding ``g = sum_k w_k c_k`` (then L2-normalised by the caller).
 
+Temperature: sparsemax keeps every codeword whose pooled affinity is within ~1 (in total) of the
+top, so a *small* temperature makes one codeword win for every input at initialisation, all global
+embeddings coincide and the sparsemax Jacobian (zero at a vertex) stops all gradients -- we saw
+exactly this collapse (loss stuck at log N) with temperature <= 1 on synthetic data. A large
+temperature (the reference code uses 1000 with 4096 codewords; our default is 100) starts in the
+dense regime; sparsity emerges as the projected features grow during training.
+
 Because both modalities' global embeddings live in the span of the same codewords and the
 codewords are matched against *local* features, frame and word features are pulled into a shared
 latent space, which is what makes frame-level text grounding work. Padded positions are excluded
@@ -56,7 +63,7 @@ def topk_softmax(z: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
 class SharedCodebook(nn.Module):
     """One codebook for both modalities; ``forward(features, mask) -> (global (B, E), weights (B, K))``."""
 
-    def __init__(self, num_codes: int, dim: int, temperature: float = 0.1, sparsify: str = "sparsemax", top_k: int = 32):
+    def __init__(self, num_codes: int, dim: int, temperature: float = 100.0, sparsify: str = "sparsemax", top_k: int = 32):
         super().__init__()
         if sparsify not in ("sparsemax", "softmax", "topk"):
             raise ValueError(f"codebook sparsify must be 'sparsemax', 'softmax' or 'topk', got {sparsify!r}")

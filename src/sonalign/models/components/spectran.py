@@ -26,7 +26,7 @@ from sonalign.models.components.transformer_blocks import TransformerStack, sinu
 
 
 class SpecTran(nn.Module):
-    """``forward(mel (B, T, M), mask (B, T)) -> {"cls": (B, d), "tokens": (B, N, d), "tokens_mask": (B, N)}``; tokens are time-major (Tp x Fp)."""
+    """``forward(mel (B, T, M), mask (B, T)) -> {"cls": (B, d), "tokens"/"patches": (B, N, .), "tokens_mask": (B, N)}``; tokens are time-major (Tp x Fp)."""
 
     def __init__(
         self,
@@ -68,15 +68,21 @@ class SpecTran(nn.Module):
         valid = mask.view(b, tp, self.patch_time).any(-1)
         return patches, valid
 
-    def forward(self, mel: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, mel: torch.Tensor, mask: torch.Tensor | None = None, replace: torch.Tensor | None = None, replacement: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Encode; ``replace`` (B, N) marks patch tokens whose embedding is swapped for ``replacement`` (d,)
+        before the encoder (masked-patch modelling). Also returns the raw flattened ``patches`` (B, N, pt*pm)."""
         patches, valid = self.patchify(mel, mask)
-        b, tp, fp, _ = patches.shape
-        x = self.patch_embed(patches)
-        x = x + sinusoidal_positions(tp, self.dim, x.device, x.dtype)[None, :, None, :] + self.freq_pos[None, None]
-        x = x.reshape(b, tp * fp, self.dim)
+        b, tp, fp, size = patches.shape
+        x = self.patch_embed(patches).reshape(b, tp * fp, self.dim)
+        if replace is not None:
+            x = torch.where(replace.unsqueeze(-1), replacement.to(x.dtype), x)
+        pos = sinusoidal_positions(tp, self.dim, x.device, x.dtype)[:, None, :] + self.freq_pos[None, :, :]
+        x = x + pos.reshape(1, tp * fp, self.dim)
         tokens_mask = valid.unsqueeze(-1).expand(b, tp, fp).reshape(b, tp * fp)
         x = torch.cat([self.cls.expand(b, 1, self.dim), x], dim=1)
         full_mask = torch.cat([tokens_mask.new_ones(b, 1), tokens_mask], dim=1)
         h = self.norm(self.encoder(x, full_mask)[-1])
         h = zero_padded(h, full_mask)
-        return {"cls": h[:, 0], "tokens": h[:, 1:], "tokens_mask": tokens_mask}
+        return {"cls": h[:, 0], "tokens": h[:, 1:], "tokens_mask": tokens_mask, "patches": patches.reshape(b, tp * fp, size)}

@@ -1,0 +1,184 @@
+"""CALM: SpecTran from scratch, CALP contrastive alignment, multimodal transformer, emotion head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sonalign.errors import ConfigError
+from sonalign.models import create_model
+from sonalign.models.calm import CALM
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny models run faster (and far more predictably on a shared 2-core box) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SMALL = dict(n_mels=32, patch_time=4, patch_mel=16, dim=32, embed_dim=16, spectran_layers=1, mm_layers=1, num_heads=2, ff_mult=2, num_classes=5)
+
+
+def _model(**overrides) -> CALM:
+    torch.manual_seed(0)
+    return create_model("calm", **{**SMALL, **overrides})
+
+
+def _padded(n: int, t: int, d: int, min_len: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(n, t, d, generator=g)
+    lengths = torch.randint(min_len, t + 1, (n,), generator=g)
+    lengths[0] = min_len
+    return x, torch.arange(t)[None, :] < lengths[:, None]
+
+
+def random_batch(n: int = 8, seed: int = 0, labels: bool = True) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mel, mel_mask = _padded(n, 18, 32, 5, g)
+    tokens, tokens_mask = _padded(n, 7, 384, 2, g)
+    batch = {"audio_mel": mel, "audio_mel_mask": mel_mask, "text_tokens": tokens, "text_tokens_mask": tokens_mask, "text_embedding": torch.randn(n, 384, generator=g)}
+    if labels:
+        batch["labels"] = torch.randint(0, 5, (n,), generator=g)
+    return batch
+
+
+def paired_set(n: int = 16, seed: int = 1) -> dict[str, torch.Tensor]:
+    """Log-mel frames from a per-clip latent; text = a fixed random linear map of the clip's mean frame + noise; label from the latent."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 1, 32, generator=g)
+    mel = z + 0.5 * torch.randn(n, 16, 32, generator=g)
+    mel_mask = torch.arange(16)[None, :] < torch.randint(8, 17, (n, 1), generator=g)
+    mean = (mel * mel_mask[..., None]).sum(1) / mel_mask.sum(1, keepdim=True)
+    mapping = torch.randn(32, 384, generator=g) / 32**0.5
+    text = mean @ mapping
+    tokens = text[:, None, :] + 0.5 * torch.randn(n, 5, 384, generator=g)
+    return {
+        "audio_mel": mel,
+        "audio_mel_mask": mel_mask,
+        "text_embedding": text + 0.3 * torch.randn(n, 384, generator=g),
+        "text_tokens": tokens,
+        "text_tokens_mask": torch.arange(5)[None, :] < torch.randint(2, 6, (n, 1), generator=g),
+        "labels": z[:, 0, :5].argmax(-1),
+    }
+
+
+def test_registry_builds_calm_with_paper_defaults():
+    model = create_model("calm")
+    assert isinstance(model, CALM) and not model.training
+    assert model.required_inputs == ("audio_mel", "text_embedding", "text_tokens") and model.optional_inputs == ("labels",)
+    assert model.spectran.n_mels == 64 and model.classifier[-1].out_features == 7
+    with pytest.raises(ConfigError):
+        create_model("calm", weights={"clap": 1.0})
+
+
+def test_forward_finite_losses_with_and_without_labels():
+    model = _model().train()
+    out = model(random_batch())
+    assert set(out["losses"]) == {"calp", "masked", "classification"} and torch.isfinite(out["loss"])
+    assert out["audio"]["embedding"].shape == out["text"]["embedding"].shape == (8, 16)
+    assert torch.allclose(out["audio"]["embedding"].norm(dim=-1), torch.ones(8), atol=1e-5)
+    assert set(model(random_batch(labels=False))["losses"]) == {"calp", "masked"}
+
+
+def test_every_trainable_parameter_gets_a_finite_gradient():
+    model = _model().train()
+    model(random_batch())["loss"].backward()
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert bad == []
+
+
+def test_short_training_lowers_the_loss():
+    model = _model(dropout=0.0)
+    data = paired_set()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.eval()
+    with torch.no_grad():
+        initial = model(data)["losses"]
+    model.train()
+    for _ in range(30):
+        loss = model(data)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        final = model(data)["losses"]
+        sim = model.similarity(model.encode_audio(data), model.encode_text(data))
+        accuracy = (model.classify(data).argmax(-1) == data["labels"]).float().mean()
+    total = lambda losses: sum(v.item() for v in losses.values())  # noqa: E731
+    assert total(final) < 0.7 * total(initial), (initial, final)
+    assert final["calp"] < 0.5 * initial["calp"] and final["classification"] < 0.5 * initial["classification"]
+    assert (sim.argmax(1) == torch.arange(16)).float().mean() >= 0.8 and accuracy >= 0.9
+
+
+def test_padded_frames_and_tokens_do_not_change_outputs():
+    model = _model().eval()
+    batch = random_batch()
+    poisoned = {k: v.clone() for k, v in batch.items()}
+    poisoned["audio_mel"][~batch["audio_mel_mask"]] = 1e3
+    poisoned["text_tokens"][~batch["text_tokens_mask"]] = -1e3
+    with torch.no_grad():
+        a, a2 = model.encode_audio(batch), model.encode_audio(poisoned)
+        for key in ("embedding", "calm_embedding", "tokens"):
+            assert torch.allclose(a[key], a2[key], atol=1e-5), key
+        assert torch.allclose(model.classify(batch), model.classify(poisoned), atol=1e-5)
+        assert torch.allclose(model(batch)["loss"], model(poisoned)["loss"], atol=1e-5)
+        unmasked = {**poisoned, "audio_mel_mask": torch.ones_like(batch["audio_mel_mask"])}
+        assert not torch.allclose(model.encode_audio(unmasked)["embedding"], a["embedding"], atol=1e-3)
+
+
+def test_padded_row_equals_the_unpadded_clip_alone():
+    model = _model().eval()
+    batch = random_batch()
+    n = int(batch["audio_mel_mask"][0].sum())
+    with torch.no_grad():
+        padded = model.encode_audio(batch)
+        alone = model.encode_audio({"audio_mel": batch["audio_mel"][:1, :n]})
+    for key in ("embedding", "calm_embedding"):
+        assert torch.allclose(padded[key][:1], alone[key], atol=1e-5), key
+
+
+def test_eval_is_deterministic_including_masked_modelling():
+    model = _model().eval()
+    batch = random_batch()
+    with torch.no_grad():
+        first, second = model(batch), model(batch)
+    for key in first["losses"]:
+        assert torch.equal(first["losses"][key], second["losses"][key])
+    assert torch.equal(first["audio"]["calm_embedding"], second["audio"]["calm_embedding"])
+
+
+def test_audio_only_encoding_and_classification():
+    model = _model().eval()
+    batch = random_batch()
+    audio_only = {"audio_mel": batch["audio_mel"], "audio_mel_mask": batch["audio_mel_mask"]}
+    with torch.no_grad():
+        encoded = model.encode_audio(audio_only)
+        logits_audio = model.classify(audio_only)
+        logits_both = model.classify(batch)
+        text = model.encode_text({"text_embedding": batch["text_embedding"]})
+    assert encoded["calm_embedding"].shape == (8, 32) and logits_audio.shape == logits_both.shape == (8, 5)
+    assert not torch.allclose(logits_audio, logits_both)  # lexical tokens do enter the multimodal transformer
+    assert text["embedding"].shape == encoded["embedding"].shape and model.similarity(encoded, text).shape == (8, 8)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"use_multimodal": False}, {"calp", "classification"}),
+        ({"use_classifier": False}, {"calp", "masked"}),
+        ({"weights": {"masked": 0.0, "calp": 0.0}}, {"classification"}),
+    ],
+)
+def test_ablations(overrides, expected):
+    model = _model(**overrides).train()
+    out = model(random_batch())
+    assert set(out["losses"]) == expected and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    if overrides.get("use_classifier") is False:
+        with pytest.raises(RuntimeError):
+            model.classify(random_batch())
+    else:
+        assert model.classify(random_batch()).shape == (8, 5)
