@@ -127,8 +127,9 @@ def stream_audio(
     peak = 0.0
     try:
         with sf.SoundFile(str(path)) as handle:
+            mp3 = handle.format == "MP3"
             while True:
-                data = handle.read(in_block, dtype="float32", always_2d=True)
+                data = _read_mp3_block(handle, in_block) if mp3 else handle.read(in_block, dtype="float32", always_2d=True)
                 last = data.shape[0] < in_block
                 wave = to_mono(data)
                 if wave.size and not np.isfinite(wave).all():
@@ -151,6 +152,25 @@ def stream_audio(
         yield pending
     if not allow_silent and peak <= SILENCE_PEAK:
         raise AudioError(path, "all-silent audio (peak below -80 dBFS)")
+
+
+def _read_mp3_block(handle: sf.SoundFile, frames: int) -> np.ndarray:
+    """Read up to ``frames`` frames of an MP3 without python-soundfile's position bookkeeping.
+
+    ``SoundFile.read`` calls ``seek(tell() + n)`` around every read; for MP3 each of those is an
+    mpg123 seek, which loses the bit reservoir, so the frames after every block boundary decode
+    as garbage ("part2_3_length too large" from libmpg123; tonal or quiet material at any rate).
+    Reading through libsndfile directly keeps one continuous decode, identical to a whole-file read.
+    """
+    snd, ffi, cfile = getattr(sf, "_snd", None), getattr(sf, "_ffi", None), getattr(handle, "_file", None)
+    if snd is None or ffi is None or cfile is None:  # soundfile internals moved: fall back
+        return handle.read(frames, dtype="float32", always_2d=True)
+    out = np.empty((frames, handle.channels), dtype=np.float32)
+    got = int(snd.sf_readf_float(cfile, ffi.cast("float *", out.ctypes.data), frames))
+    code = int(snd.sf_error(cfile))
+    if got < 0 or code:  # the check SoundFile.read makes
+        raise RuntimeError(ffi.string(snd.sf_error_number(code)).decode("utf-8", "replace") if code else "read failed")
+    return out[:got]
 
 
 def find_audio_files(root: str | Path) -> list[Path]:

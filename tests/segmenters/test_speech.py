@@ -1,0 +1,170 @@
+"""``speech``: silero-vad chunking on synthesized speech (espeak-ng) and a real 8 kHz prompt."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from sonalign.audio.io import load_audio
+from sonalign.segmenters import get_segmenter
+from sonalign.segmenters.speech import silero_model_path
+
+from .conftest import spans, write_flac
+
+pytest.importorskip("torch")
+try:
+    silero_model_path()
+except Exception as exc:  # pragma: no cover - environment without silero-vad
+    pytest.skip(f"silero-vad model unavailable: {exc}", allow_module_level=True)
+
+ESPEAK = shutil.which("espeak-ng")
+needs_espeak = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng not installed")
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please enter your account number, followed by the pound key.",
+    "All circuits are busy now. Please try your call again later.",
+]
+
+
+def speak(text: str, tmp: Path) -> tuple[np.ndarray, int]:
+    out = tmp / f"tts_{abs(hash(text))}.wav"
+    subprocess.run([ESPEAK, "-w", str(out), text], check=True, capture_output=True, timeout=60)
+    wave, sr = sf.read(out, dtype="float32")
+    return wave, sr
+
+
+@pytest.fixture(scope="module")
+def tts(tmp_path_factory):
+    if ESPEAK is None:
+        pytest.skip("espeak-ng not installed")
+    tmp = tmp_path_factory.mktemp("tts")
+    return [speak(s, tmp) for s in SENTENCES]
+
+
+@pytest.fixture(scope="module")
+def speech_silence_speech(tts):
+    (a, sr), (b, _) = tts[0], tts[1]
+    gap = np.zeros(2 * sr, dtype=np.float32)
+    wave = np.concatenate([a, gap, b])
+    return wave, sr, len(a) / sr, (len(a) + len(gap)) / sr
+
+
+@needs_espeak
+@pytest.mark.parametrize("noise_dbfs", [None, -50.0])
+def test_speech_silence_speech_gives_two_segments(speech_silence_speech, noise_dbfs):
+    wave, sr, first_end, second_start = speech_silence_speech
+    if noise_dbfs is not None:
+        rng = np.random.default_rng(0)
+        wave = wave + (10 ** (noise_dbfs / 20) * rng.standard_normal(wave.size)).astype(np.float32)
+    segs = get_segmenter("speech").segment_wave(wave, sr, "tts")
+    got = spans(segs)
+    assert len(got) == 2, got
+    (s0, e0), (s1, e1) = got
+    assert s0 <= 0.3 and first_end - 0.4 <= e0 <= first_end + 0.4
+    assert second_start - 0.4 <= s1 <= second_start + 0.4 and e1 >= len(wave) / sr - 0.4
+    assert e0 < first_end + 0.5 and s1 > second_start - 0.5  # the middle of the pause is not speech
+    assert [s.id for s in segs] == ["tts-00000", "tts-00001"]
+    assert all(s.custom["kind"] == "speech" and s.custom["speech_prob"] > 0.5 for s in segs)
+
+
+def test_noise_and_tones_are_not_speech():
+    sr = 16000
+    rng = np.random.default_rng(1)
+    t = np.arange(8 * sr) / sr
+    noise = (0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    tone = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    seg = get_segmenter("speech")
+    assert seg.segment_wave(noise, sr, "n") == []
+    assert seg.segment_wave(tone, sr, "t") == []
+
+
+@needs_espeak
+def test_deterministic_and_file_equals_wave(speech_silence_speech, tmp_path):
+    import torch
+
+    wave, sr, _, _ = speech_silence_speech
+    path = write_flac(tmp_path / "tts.flac", wave, sr)
+    decoded, _ = load_audio(path)
+    threads = torch.get_num_threads()
+    seg = get_segmenter("speech")
+    from_file = seg.segment_file(path, "tts")
+    assert torch.get_num_threads() == threads  # the single-thread VAD run restores torch's setting
+    assert len(from_file) == 2
+    assert from_file == seg.segment_file(path, "tts")
+    assert from_file == seg.segment_wave(decoded, sr, "tts")
+    assert from_file == get_segmenter("speech").segment_wave(decoded, sr, "tts")  # fresh model, same result
+
+
+@needs_espeak
+def test_model_state_reset_per_file(tts):
+    """Probabilities for a file do not depend on what the instance processed before."""
+    from sonalign.segmenters.base import wave_blocks
+
+    (a, sr), (b, _) = tts[0], tts[1]
+    seg = get_segmenter("speech")
+    first, _, _ = seg.speech_probabilities(wave_blocks(a, sr, 16000, 30.0))
+    seg.speech_probabilities(wave_blocks(b, sr, 16000, 30.0))
+    again, _, _ = seg.speech_probabilities(wave_blocks(a, sr, 16000, 30.0))
+    assert np.array_equal(first, again)
+    fresh, _, _ = get_segmenter("speech").speech_probabilities(wave_blocks(a, sr, 16000, 30.0))
+    assert np.array_equal(first, fresh)
+
+
+@needs_espeak
+def test_long_speech_split_at_max_duration(tts):
+    sr = tts[0][1]
+    wave = np.concatenate([w for w, _ in tts] * 2)  # ~18 s of continuous speech
+    segs = get_segmenter("speech", max_duration=4.0, merge_gap=1.0).segment_wave(wave, sr, "long")
+    assert len(segs) >= 4
+    assert all(s.duration <= 4.0 + 1e-6 for s in segs)
+    covered = sum(s.duration for s in segs)
+    assert covered >= 0.8 * len(wave) / sr
+
+
+@pytest.mark.realdata
+def test_real_8khz_prompt_covered(shared_data):
+    path = shared_data / "asterisk" / "audio" / "agent-alreadyon.flac"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    segs = get_segmenter("speech").segment_file(path, "agent-alreadyon")
+    assert segs and all(s.custom["kind"] == "speech" for s in segs)
+    wave, sr = load_audio(path)
+    hop = sr // 100
+    frames = wave[: wave.size // hop * hop].reshape(-1, hop)
+    level = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
+    loud = np.flatnonzero(level > level.max() - 30)  # the spoken part
+    times = (loud + 0.5) * hop / sr
+    inside = np.zeros(times.size, dtype=bool)
+    for s in segs:
+        inside |= (times >= s.start) & (times < s.end)
+    assert inside.mean() >= 0.9, f"speech segments {spans(segs)} cover {inside.mean():.0%} of the loud frames"
+
+
+@pytest.mark.slow
+def test_twenty_minute_file_uses_bounded_memory(tmp_path):
+    sr = 16000
+    path = tmp_path / "long.flac"
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(str(path), "w", sr, 1, subtype="PCM_16") as out:
+        for _ in range(40):
+            out.write((0.01 * rng.standard_normal(30 * sr)).astype(np.float32))
+    seg = get_segmenter("speech", block_seconds=10.0)
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        segs = seg.segment_file(path, "long")
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert segs == []
+    assert peak < 20 * 60 * sr * 4 / 5, f"peak {peak / 1e6:.1f} MB"
+    assert elapsed < 300
