@@ -74,8 +74,9 @@ class SequenceEncoder(nn.Module):
             self.transformer = nn.TransformerEncoder(layer, num_layers=layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = ensure_nonempty(full_mask(x, mask))
-        x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
+        mask = full_mask(x, mask)
+        x = x.masked_fill(~mask.unsqueeze(-1), 0.0)  # every padded input, before an empty row gets a key
+        mask = ensure_nonempty(mask)
         h = self.proj(x)
         if self.positional:
             h = h + sinusoidal_positions(h.shape[1], h.shape[2], h.device, h.dtype)

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sonalign.models.losses.infonce import info_nce
+
 
 def contrastive_from_scores(scores: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
     """Symmetric InfoNCE on a square score matrix whose diagonal holds the positives."""
@@ -56,10 +58,11 @@ class HybridLoss(nn.Module):
     def forward(self, a: torch.Tensor, t: torch.Tensor, scores: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         a = F.normalize(a, dim=-1)
         t = F.normalize(t, dim=-1)
-        if scores is None:
-            scores = a @ t.T
+        # embeddings: the shared InfoNCE (global negatives under data parallelism); a given score
+        # matrix (pairwise cross-attention) is necessarily local to this batch
+        con = info_nce(a, t, self.logit_scale) if scores is None else contrastive_from_scores(scores, self.logit_scale)
         return {
             "cos": self.w_cos * (1.0 - (a * t).sum(-1)).mean(),
             "l1": self.w_l1 * F.l1_loss(a, t),
-            "con": self.w_con * contrastive_from_scores(scores, self.logit_scale),
+            "con": self.w_con * con,
         }

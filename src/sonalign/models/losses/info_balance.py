@@ -42,16 +42,22 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-
-from sonalign.models.losses.infonce import info_nce
 
 
 def infonce_mi_estimate(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """InfoNCE lower bound on I(x; y) in nats: ``log B - L_NCE`` with a cosine critic at ``temperature``."""
-    x = nn.functional.normalize(x, dim=-1)
-    y = nn.functional.normalize(y, dim=-1)
-    return math.log(x.shape[0]) - info_nce(x, y, math.log(1.0 / temperature))
+    """InfoNCE lower bound on I(x; y) in nats: ``log B - L_NCE`` with a cosine critic at ``temperature``.
+
+    Computed on the batch at hand (under data parallelism: this rank's shard, with B its size), so
+    the estimate and its ``log B`` ceiling always refer to the same candidates.
+    """
+    x = F.normalize(x, dim=-1)
+    y = F.normalize(y, dim=-1)
+    logits = x @ y.T / temperature
+    targets = torch.arange(x.shape[0], device=x.device)
+    loss = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+    return math.log(x.shape[0]) - loss
 
 
 def info_balance_loss(audio: torch.Tensor, text: torch.Tensor, joint: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
