@@ -185,6 +185,12 @@ class FeatureCache:
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
 
+    def reload_text_store(self) -> None:
+        """Re-read the text store's shards (after another process, e.g. rank 0, added some)."""
+        from sonalign.cache.text_store import TextFeatureStore
+
+        self.text_store = TextFeatureStore(self.root, self.text_encoder)
+
     # ---- whole sources ---------------------------------------------------------------------
     def extract(
         self,
@@ -194,7 +200,17 @@ class FeatureCache:
         show_progress: bool = True,
         texts: list[str] | None = None,
     ) -> ExtractionReport:
-        """Make sure every clip (and every text) has cached features; write the view."""
+        """Make sure every clip (and every text) has cached features; write the view.
+
+        Data parallel (a process group of several ranks is up, e.g. under torchrun; every rank
+        calls this with the same clips): rank r encodes the recordings whose content hash h has
+        ``int(h, 16) % world == r`` (per-recording files are content-addressed and atomic, so ranks
+        never conflict), then rank 0 encodes the texts and writes the merged view, bit-identical to
+        a single-process run. Every rank returns the same, merged report.
+        """
+        from sonalign.train import distributed
+
+        rank, world = (distributed.rank(), distributed.world_size()) if distributed.is_dist() else (0, 1)
         started = time.perf_counter()
         report = ExtractionReport(clips=len(clips), view=str(self.view_dir))
         rows: list[dict[str, Any]] = []
@@ -210,29 +226,52 @@ class FeatureCache:
                 report.cached += 1
             else:
                 todo.append((clip, h))
-        self.memo.save()
+        if rank == 0:
+            self.memo.save()
         failed: set[str] = {p for p, _ in report.failures}
-        with ThreadPoolExecutor(max_workers=1) as pool, progress(len(todo), "features", disable=not show_progress or not todo) as bar:
-            futures = [pool.submit(self._load_segments, clip) for clip, _ in todo[:2]]
-            for i, (clip, h) in enumerate(todo):
-                if i + 2 < len(todo):
-                    futures.append(pool.submit(self._load_segments, todo[i + 2][0]))
+        if world > 1:
+            distributed.barrier()  # every rank has its to-do list before any rank writes a file
+        mine = [(i, clip, h) for i, (clip, h) in enumerate(todo) if distributed.owns(h, rank, world)]
+        encode_failures: list[tuple[int, str, str]] = []  # (index in todo, audio, reason)
+        seconds: list[tuple[int, float]] = []  # (index in todo, audio seconds encoded)
+        duplicates = 0
+        with ThreadPoolExecutor(max_workers=1) as pool, progress(len(mine), "features", disable=not show_progress or not mine or rank != 0) as bar:
+            futures = [pool.submit(self._load_segments, clip) for _, clip, _ in mine[:2]]
+            for k, (i, clip, h) in enumerate(mine):
+                if k + 2 < len(mine):
+                    futures.append(pool.submit(self._load_segments, mine[k + 2][1]))
                 try:
-                    waves, segments = futures[i].result()
-                    futures[i] = None  # free the decoded audio
-                    if self.has_audio(h):  # a duplicate file earlier in this run
-                        report.cached += 1
+                    waves, segments = futures[k].result()
+                    futures[k] = None  # free the decoded audio
+                    if self.has_audio(h):  # a duplicate file earlier in this run (same hash: same rank)
+                        duplicates += 1
                     else:
                         self._write(h, self.encode_segments(waves, segments, batch_size), clip.audio)
                         report.encoded += 1
-                        report.audio_seconds += float(sum(s.duration for s in segments))
+                        seconds.append((i, float(sum(s.duration for s in segments))))
                 except SonalignError as exc:
-                    report.failures.append((clip.audio, getattr(exc, "reason", str(exc))))
-                    failed.add(clip.audio)
+                    encode_failures.append((i, clip.audio, getattr(exc, "reason", str(exc))))
                 bar.update(1)
-        all_texts = sorted({t for r in rows for t in r["clip"].texts} | set(texts or []))
-        report.texts_encoded = self.text_store.ensure(all_texts, show_progress_bar=show_progress and len(all_texts) > 256)
-        self._write_view([r for r in rows if r["clip"].audio not in failed], report)
+        if world > 1:  # merge every rank's part (this is also the barrier before the view)
+            parts = distributed.all_gather_object({"encoded": report.encoded, "duplicates": duplicates, "failures": encode_failures, "seconds": seconds})
+            report.encoded = sum(p["encoded"] for p in parts)
+            duplicates = sum(p["duplicates"] for p in parts)
+            encode_failures = sorted(f for p in parts for f in p["failures"])
+            seconds = sorted(s for p in parts for s in p["seconds"])
+        report.cached += duplicates
+        for _, audio, why in sorted(encode_failures):
+            report.failures.append((audio, why))
+            failed.add(audio)
+        for _, s in sorted(seconds):
+            report.audio_seconds += s
+        if rank == 0:
+            all_texts = sorted({t for r in rows for t in r["clip"].texts} | set(texts or []))
+            report.texts_encoded = self.text_store.ensure(all_texts, show_progress_bar=show_progress and len(all_texts) > 256)
+            self._write_view([r for r in rows if r["clip"].audio not in failed], report)
+        if world > 1:
+            report.texts_encoded = distributed.broadcast_object(report.texts_encoded)  # waits for rank 0's view
+            if rank != 0:
+                self.reload_text_store()
         report.wall_seconds = time.perf_counter() - started
         return report
 
@@ -274,7 +313,14 @@ def extract_features(
     batch_size: int = 32,
     show_progress: bool = True,
 ) -> ExtractionReport:
-    """Public entry point behind ``sonalign features``: read ``source``, cache its features in ``out``."""
-    clips = load_clips(source, split=split)
-    cache = FeatureCache(out, settings)
-    return cache.extract(clips, batch_size=batch_size, show_progress=show_progress)
+    """Public entry point behind ``sonalign features``: read ``source``, cache its features in ``out``.
+
+    Under torchrun (``WORLD_SIZE > 1``) every rank runs this: a gloo process group is started (if
+    none is up), the recordings are sharded by content hash and rank 0 writes the merged view.
+    """
+    from sonalign.train import distributed
+
+    with distributed.session("gloo"):
+        clips = load_clips(source, split=split)
+        cache = FeatureCache(out, settings)
+        return cache.extract(clips, batch_size=batch_size, show_progress=show_progress)

@@ -9,10 +9,19 @@ Run folder::
     state.pt               optimizer, scheduler, RNG states, epoch, best metric (for --resume)
     metrics.jsonl          one row per epoch
     curves.png
+
+Data parallel (``torchrun --nproc-per-node N -m sonalign train ...``; see ``docs/distributed.md``):
+the model is wrapped in DistributedDataParallel (gloo on CPU, NCCL on ``cuda:LOCAL_RANK``); every
+rank computes the same list of global batches from the seed and takes its contiguous shard of
+each; contrastive losses gather the other ranks' embeddings with gradients (``infonce.py``), and
+each rank's loss is weighted by its share of the global batch, so a step equals a one-process step
+on the same global batch. Rank 0 validates, writes the run folder and broadcasts the validation
+numbers, so every rank takes the same best-epoch and early-stopping decisions.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -30,6 +39,7 @@ from sonalign.data.readers import load_clips
 from sonalign.errors import ConfigError
 from sonalign.evaluation.retrieval import evaluate_retrieval
 from sonalign.models.factory import create_model, get_model_config
+from sonalign.train import distributed
 from sonalign.train.data import PairedFeatures, build_paired, make_batch, model_keys
 from sonalign.train.encode import split_scores
 from sonalign.train.prompts import guess_template
@@ -138,17 +148,78 @@ def prepare_data(settings: TrainSettings, model_config: dict[str, Any], *, show_
         from sonalign.train.data import _label_key
 
         label_names = sorted(label_names, key=_label_key)
+    if distributed.is_dist() and not distributed.is_main():
+        distributed.barrier()  # rank 0 encodes any missing text first; then read its shards
+        cache.reload_text_store()
     splits = {"train": build_paired(cache, train, template, label_names), "val": build_paired(cache, val, template, label_names)}
+    if distributed.is_dist() and distributed.is_main():
+        distributed.barrier()
     data_info = {"source": str(settings.data), "template": template, "labels": label_names, "n_train_clips": len(splits["train"].clips), "n_val_clips": len(splits["val"].clips), "features": asdict(feature_settings), "cache": cache_dir}
     return cache, splits, data_info
+
+
+def local_rows(indices: np.ndarray) -> np.ndarray:
+    """This rank's contiguous shard of a global batch (the whole batch in a single process)."""
+    return distributed.shard(indices)
+
+
+def wrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` when a process group of several ranks is up.
+
+    ``find_unused_parameters``: some methods skip terms on some batches (e.g. CALM without labels).
+    """
+    if not distributed.is_dist():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    dev = distributed.device()
+    return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
+
+
+def training_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], n_local: int, n_global: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward and backward of this rank's ``n_local`` rows of an ``n_global``-row global batch.
+
+    The backward loss is weighted by ``n_local * world / n_global`` (1 for equal shards) so that,
+    after DDP's gradient averaging, every per-row mean term has the gradient of its mean over the
+    global batch. Returns the global batch's loss and terms (detached; the same on every rank).
+    """
+    result = model(batch)
+    world = distributed.world_size() if distributed.is_dist() else 1
+    if world == 1:
+        result["loss"].backward()
+        return result["loss"].detach(), {k: v.detach() for k, v in result["losses"].items()}
+    (result["loss"] * (n_local * world / n_global)).backward()
+    names = list(result["losses"])
+    values = torch.stack([result["loss"].detach(), *(result["losses"][k].detach().reshape(()) for k in names)]).double()
+    values = distributed.all_reduce_sum(values * (n_local / n_global)).float()
+    return values[0], dict(zip(names, values[1:]))
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return batch if device.type == "cpu" else {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _rank_rng_state(device: torch.device) -> dict[str, Any]:
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def train(settings: TrainSettings, *, resume: bool = False, show_progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Train ``settings.config`` on ``settings.data``; returns the summary (best epoch and metric).
 
     ``stop_after`` ends the process after that many epochs of this call, exactly as a kill between
-    two epochs would (used to test ``resume``).
+    two epochs would (used to test ``resume``). Under torchrun (``WORLD_SIZE > 1``) the process
+    group is started here (unless already up) and every rank must call ``train``; all return the
+    same summary.
     """
+    started_group = distributed.init()
+    try:
+        return _train(settings, resume=resume, show_progress=show_progress, stop_after=stop_after)
+    finally:
+        if started_group:
+            distributed.cleanup()
+
+
+def _train(settings: TrainSettings, *, resume: bool, show_progress: bool, stop_after: int | None) -> dict[str, Any]:
     out = Path(settings.out)
     config_path = out / "config.json"
     if resume:
@@ -158,6 +229,10 @@ def train(settings: TrainSettings, *, resume: bool = False, show_progress: bool 
         epochs = settings.epochs  # the only setting a resume may change: train further
         settings = TrainSettings(**saved["training"])
         settings.epochs = epochs
+    rank, world = (distributed.rank(), distributed.world_size()) if distributed.is_dist() else (0, 1)
+    main = rank == 0
+    device = distributed.device() if world > 1 else torch.device("cpu")
+    show_progress = show_progress and main
     model_config = get_model_config(settings.config)
     for key, value in settings.model_overrides.items():
         model_config[key] = value
@@ -171,6 +246,9 @@ def train(settings: TrainSettings, *, resume: bool = False, show_progress: bool 
     if "text_dim" in model_config:
         model_config["text_dim"] = cache.text_encoder.dim
     model = create_model(settings.config, **{k: v for k, v in model_config.items() if k != "method"})
+    if rank > 0:  # own dropout/masking draws per rank; rank 0 keeps the single-process stream
+        torch.manual_seed(settings.seed + 1_000_003 * rank)
+    model.to(device)
     model.train()
     keys = model_keys(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -182,11 +260,12 @@ def train(settings: TrainSettings, *, resume: bool = False, show_progress: bool 
     total = batches_per_epoch * settings.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, int(total * settings.warmup_ratio)))
     start_epoch, best, best_epoch, history = 0, -1.0, -1, []
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints").mkdir(exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints").mkdir(exist_ok=True)
     resolved = {"model": model_config, "training": asdict(settings), "data": data_info}
     if resume and (out / "state.pt").exists():
-        state = torch.load(out / "state.pt", weights_only=False)
+        state = torch.load(out / "state.pt", weights_only=False, map_location="cpu")
         model.load_state_dict(load_file(str(out / "checkpoints" / f"epoch-{state['epoch']:03d}.safetensors")))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -194,9 +273,19 @@ def train(settings: TrainSettings, *, resume: bool = False, show_progress: bool 
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
-    atomic_write_text(config_path, json.dumps(resolved, indent=2, default=str))
+        per_rank = state.get("rank_rng") or []
+        if rank < len(per_rank):
+            torch.set_rng_state(per_rank[rank]["cpu"])
+            if device.type == "cuda" and per_rank[rank].get("cuda") is not None:
+                torch.cuda.set_rng_state(per_rank[rank]["cuda"], device)
+        elif rank > 0:  # more ranks than the run that wrote the state: a fresh stream
+            torch.manual_seed(settings.seed + 1_000_003 * rank + state["epoch"] + 1)
+    if main:
+        atomic_write_text(config_path, json.dumps(resolved, indent=2, default=str))
+    ddp_model = wrap_model(model)
     for epoch in range(start_epoch, settings.epochs):
-        if best_epoch >= 0 and epoch - best_epoch > settings.patience:
+        stop = best_epoch >= 0 and epoch - best_epoch > settings.patience
+        if distributed.broadcast_object(stop if main else None):  # one decision for every rank
             break
         if stop_after is not None and epoch - start_epoch >= stop_after:
             break
@@ -205,44 +294,59 @@ def train(settings: TrainSettings, *, resume: bool = False, show_progress: bool 
         rows = _one_text_per_clip(train_data, rng)
         texts = [train_data.texts[r] for r in rows]
         batches = [np.array(rows)[b] for b in unique_text_batches(texts, settings.batch_size, rng)]
-        model.train()
+        if world > 1:  # a batch too small to give every rank a row is skipped by all of them
+            batches = [b for b in batches if len(b) >= world]
+        ddp_model.train()
         losses: dict[str, list[float]] = {}
         with progress(len(batches), f"epoch {epoch + 1}/{settings.epochs}", disable=not show_progress, unit="batch") as bar:
             for idx in batches:
-                batch = make_batch(cache, train_data, idx, keys)
-                result = model(batch)
+                part = local_rows(idx) if world > 1 else idx
+                batch = _to(make_batch(cache, train_data, part, keys), device)
                 optimizer.zero_grad(set_to_none=True)
-                result["loss"].backward()
+                loss, terms = training_step(ddp_model, batch, len(part), len(idx))
                 torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
                 optimizer.step()
                 scheduler.step()
-                losses.setdefault("loss", []).append(result["loss"].item())
-                for name, value in result["losses"].items():
+                losses.setdefault("loss", []).append(loss.item())
+                for name, value in terms.items():
                     losses.setdefault(name, []).append(value.item())
                 bar.set_postfix(loss=f"{np.mean(losses['loss']):.3f}")
                 bar.update(1)
-        val_metrics = validation_metrics(model, cache, splits["val"])
+        val_metrics = None
+        if main:
+            with distributed.local_only():  # rank 0 alone: no collective may run in here
+                val_metrics = validation_metrics(model if device.type == "cpu" else copy.deepcopy(model).cpu(), cache, splits["val"])
+        val_metrics = distributed.broadcast_object(val_metrics)
         row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)}
         row.update({f"train/{k}": float(np.mean(v)) for k, v in losses.items()})
         row.update({f"val/{k}": float(v) for k, v in val_metrics.items()})
         history.append(row)
         primary = val_metrics["primary"]
-        weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        with atomic_path(out / "checkpoints" / f"epoch-{epoch:03d}.safetensors") as tmp:
-            save_file(weights, str(tmp))
-        if primary > best:
+        improved = primary > best
+        if improved:
             best, best_epoch = primary, epoch
-            with atomic_path(out / "model.safetensors") as tmp:
+        rank_rng = distributed.all_gather_object(_rank_rng_state(device)) if world > 1 else None
+        if main:
+            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            with atomic_path(out / "checkpoints" / f"epoch-{epoch:03d}.safetensors") as tmp:
                 save_file(weights, str(tmp))
-        state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best": best, "best_epoch": best_epoch, "history": history,
-                 "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
-        with atomic_path(out / "state.pt") as tmp:
-            torch.save(state, tmp)
-        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    if history:
-        plot_curves(history, out / "curves.png")
+            if improved:
+                with atomic_path(out / "model.safetensors") as tmp:
+                    save_file(weights, str(tmp))
+            state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best": best, "best_epoch": best_epoch, "history": history,
+                     "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+            if rank_rng is not None:
+                state.update({"rank_rng": rank_rng, "world_size": world})
+            with atomic_path(out / "state.pt") as tmp:
+                torch.save(state, tmp)
+            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        distributed.barrier()  # the epoch's checkpoint is on disk before any rank goes on
     summary = {"run": str(out), "best_epoch": best_epoch + 1, "best_val_primary": best, "epochs_run": len(history)}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    if main:
+        if history:
+            plot_curves(history, out / "curves.png")
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    distributed.barrier()
     return summary
 
 

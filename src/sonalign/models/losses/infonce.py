@@ -4,6 +4,12 @@ Radford et al., "Learning Transferable Visual Models From Natural Language Super
 Elizalde et al., "CLAP: Learning Audio Concepts from Natural Language Supervision", ICASSP 2023.
 
 loss = 1/2 [ CE(s * A T^T, I) + CE(s * T A^T, I) ],  s = exp(logit_scale) clamped to <= 100.
+
+Data-parallel training (``sonalign.train.distributed``): when a process group of more than one
+rank is up, the negatives come from the global batch. Both sides are gathered with gradients, each
+rank scores its local rows against all ranks' rows (targets offset by the rank's first global row)
+and returns the mean over its local rows; with the trainer's shard weighting and DDP's gradient
+averaging this equals the loss and gradients of one process on the whole batch.
 """
 
 from __future__ import annotations
@@ -14,14 +20,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sonalign.train import distributed
+
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float, targets: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE between row-aligned (B, E) embeddings (already normalised).
 
     ``targets`` optionally gives, for each row of ``a``, the index of its positive in ``b``
-    (default: the diagonal).
+    (default: the diagonal). Under data parallelism ``targets`` index this rank's rows of ``b``.
     """
     scale = logit_scale.exp().clamp(max=100.0) if torch.is_tensor(logit_scale) else math.exp(logit_scale)
+    gathered = distributed.global_negatives(a, b)
+    if gathered is not None:  # local rows against the global batch's columns, both directions
+        all_a, all_b, offset = gathered
+        if targets is None:
+            targets = torch.arange(a.shape[0], device=a.device)
+        targets = targets + offset
+        return 0.5 * (F.cross_entropy(scale * a @ all_b.T, targets) + F.cross_entropy(scale * b @ all_a.T, targets))
     logits = scale * a @ b.T
     if targets is None:
         targets = torch.arange(a.shape[0], device=a.device)
