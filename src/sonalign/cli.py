@@ -124,14 +124,33 @@ def train_cmd(
     template: Optional[str] = typer.Option(None, help="Prompt template for label-only data, e.g. 'the sound of {label}' or sound|digit|emotion."),
     cache: Optional[Path] = typer.Option(None, help="Feature cache folder to reuse (default RUN/features)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes on this machine: runs this command under torchrun (DDP; gloo on CPU, NCCL on GPU)."),
 ) -> None:
-    """Train an alignment model on cached frozen-encoder features (extracted first if missing)."""
+    """Train an alignment model on cached frozen-encoder features (extracted first if missing).
+
+    Data parallel: `sonalign train --nproc N ...` or `torchrun --nproc-per-node N -m sonalign train ...`.
+    """
+    import os
+
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        import torch
+
+        from sonalign.train.distributed import launch
+
+        if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+            _fail(f"--nproc {nproc} but only {torch.cuda.device_count()} GPU(s): NCCL needs one GPU per process")
+
+        args = ["train", "--config", config, "--data", str(data), "--out", str(out_dir), "--epochs", str(epochs), "--batch-size", str(batch_size),
+                "--lr", repr(lr), "--seed", str(seed), "--patience", str(patience)]
+        args += (["--template", template] if template is not None else []) + (["--cache", str(cache)] if cache else []) + (["--resume"] if resume else [])
+        raise typer.Exit(launch(nproc, args))
     from sonalign.train.trainer import TrainSettings, train
 
     settings = TrainSettings(config=config, data=str(data), out=str(out_dir), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                              patience=patience, template=template, cache=str(cache) if cache else None)
     summary = _guard(lambda: train(settings, resume=resume))
-    console.print(f"best epoch {summary['best_epoch']}: validation primary {summary['best_val_primary']:.4f}; run in {out_dir}")
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        console.print(f"best epoch {summary['best_epoch']}: validation primary {summary['best_val_primary']:.4f}; run in {out_dir}")
 
 
 @app.command("evaluate")
@@ -158,6 +177,105 @@ def evaluate_cmd(
     if json_path:
         atomic_write_text(json_path, json.dumps({"metrics": result.metrics, "metadata": result.metadata}, indent=2, default=str))
     console.print(f"report: {paths.directory}")
+
+
+@app.command("index")
+def index_cmd(
+    folder: Path = typer.Argument(..., help="Folder of recordings (any length; wav/flac/ogg/mp3), walked recursively."),
+    out_dir: Path = typer.Option(..., "--out", help="Index folder (created or updated in place)."),
+    model: str = typer.Option("default", help="'default' (packaged model), a run folder from `sonalign train`, or hf:PATH (a local CLAP checkpoint)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Delete the index (also a damaged one) and build it again."),
+    transcripts: bool = typer.Option(True, "--transcripts/--no-transcripts", help="Transcribe speech segments with pocketsphinx and fuse transcript similarity into search."),
+    strict: bool = typer.Option(False, help="Exit non-zero if any file could not be used."),
+) -> None:
+    """Chunk, embed and index every recording under FOLDER. Re-running updates only added, changed or deleted files."""
+    from sonalign.index.build import build_index
+
+    report = _guard(lambda: build_index(folder, out_dir, model=model, rebuild=rebuild, transcripts=transcripts))
+    speed = report.audio_seconds / max(report.wall_seconds, 1e-9)
+    console.print(
+        f"{report.files} files: {report.added} added, {report.updated} updated, {report.removed} removed, {report.unchanged} unchanged; "
+        f"{report.segments} segments from {report.audio_seconds:.0f} s of audio in {report.wall_seconds:.1f} s ({speed:.0f}x real time)"
+    )
+    _report_failures(report.failures, strict)
+
+
+def _print_hits(hits, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps([h.to_dict() for h in hits]))
+        return
+    table = Table(show_header=True, header_style="bold")
+    for col in ("#", "score", "file", "span", "kind", "transcript"):
+        table.add_column(col)
+    for n, h in enumerate(hits, 1):
+        table.add_row(str(n), f"{h.score:.3f}", str(h.path), f"{_clock(h.start)} - {_clock(h.end)}", h.kind or "", (h.transcript or "")[:60])
+    out.print(table)
+
+
+def _clock(seconds: float) -> str:
+    minutes, sec = divmod(seconds, 60)
+    return f"{int(minutes):02d}:{sec:04.1f}"
+
+
+@app.command("search")
+def search_cmd(
+    idx: Path = typer.Argument(..., help="Index folder made by `sonalign index`."),
+    query: Optional[str] = typer.Argument(None, help='What to find, in words: "a dog barking in the rain".'),
+    audio: Optional[Path] = typer.Option(None, "--audio", help="Search by example: an audio file instead of a text query."),
+    k: int = typer.Option(10, "-k", help="Number of hits (1-1000)."),
+    per_file: bool = typer.Option(False, "--per-file", help="Best span per recording instead of every segment."),
+    path: Optional[str] = typer.Option(None, "--path", help="Only files whose path contains this text."),
+    as_json: bool = typer.Option(False, "--json", help="Print hits as JSON."),
+) -> None:
+    """Find moments in an indexed collection by text or by example audio: files with time spans and scores."""
+    from sonalign.audio.io import load_audio
+    from sonalign.index.build import make_searcher
+
+    if (query is None) == (audio is None):
+        _fail("give either a text QUERY or --audio FILE")
+
+    def run():
+        searcher = make_searcher(idx)
+        if audio is not None:
+            wave, sr = load_audio(audio)
+            return searcher.search_audio(wave, sr, k=k, group_by_file=per_file, path_filter=path)
+        return searcher.search(query, k=k, group_by_file=per_file, path_filter=path)
+
+    _print_hits(_guard(run), as_json)
+
+
+@app.command("serve")
+def serve_cmd(
+    idx: Path = typer.Argument(..., help="Index folder made by `sonalign index`."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (localhost by default; 0.0.0.0 exposes it)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SONALIGN_API_KEY", help="Require this key (header X-API-Key) on API calls."),
+) -> None:
+    """Serve the HTTP API (/search, /segments/ID/audio, /stats, /docs) and the search page at /."""
+    from sonalign.index.build import searcher_for_store
+    from sonalign.serve.app import run_server
+
+    _guard(lambda: run_server(idx, host=host, port=port, api_key=api_key, searcher_factory=searcher_for_store))
+
+
+@app.command("demo")
+def demo_cmd(
+    out_dir: Path = typer.Option(Path("out/demo-index"), "--out", help="Where to put the demo index."),
+    queries: list[str] = typer.Option(["a beep tone", "goodbye", "the password", "someone saying the number seven"], "--query", help="Queries to run (repeatable)."),
+) -> None:
+    """The main job on the embedded defaults: index the bundled real sample and search it."""
+    from sonalign.index.build import build_index, make_searcher
+    from sonalign.index.embedders import default_model_dir
+
+    sample = default_model_dir().parent / "sample"
+    console.print(f"indexing the bundled sample {sample} (attribution: {sample / 'ATTRIBUTION.md'})")
+    report = _guard(lambda: build_index(sample, out_dir))
+    console.print(f"{report.segments} segments indexed from {report.files} recordings ({report.audio_seconds:.0f} s) into {out_dir}")
+    searcher = make_searcher(out_dir)
+    for q in queries:
+        out.print(f"\n[bold]{q}[/]")
+        _print_hits(searcher.search(q, k=3), False)
+    console.print(f"\nserve it: sonalign serve {out_dir}   then open http://127.0.0.1:8000/")
 
 
 def _guard(fn):

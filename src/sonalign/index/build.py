@@ -1,0 +1,197 @@
+"""``sonalign index DIR --out IDX``: chunk, embed and store every recording under a folder.
+
+Incremental by content hash: a rerun adds new files, re-embeds changed ones, removes deleted
+ones, and leaves the rest alone. Changes are committed every few files (and at the end); the store
+is crash-consistent, so a run killed at any moment and started again ends consistent, redoing at
+most the files after the last commit.
+
+Segmentation: silence-aware ``energy`` chunks for sounds, ``speech`` (silero-vad) chunks where
+speech is detected; a sound chunk that lies mostly inside speech is dropped in favour of the speech
+chunk. Speech segments also get a pocketsphinx transcript, embedded with the text encoder as a
+second ("transcript") vector that search fuses with the acoustic score.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sonalign.audio.io import audio_info, find_audio_files, load_audio
+from sonalign.errors import AudioError, SonalignError
+from sonalign.index.embedders import get_embedder
+from sonalign.index.store import IndexStore, RecordingInfo
+from sonalign.pipeline import recording_id_for
+from sonalign.segments import Segment, segment_id
+from sonalign.utils.hashing import HashMemo
+from sonalign.utils.progress import progress
+
+TRANSCRIPT = "transcript"
+TRANSCRIPT_ENCODER = "minilm-l6"
+COMMIT_EVERY_FILES = 20
+COMMIT_EVERY_SECONDS = 30.0
+
+
+@dataclass
+class IndexReport:
+    files: int = 0
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    segments: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def overlap(a: Segment, b: Segment) -> float:
+    return max(0.0, min(a.end, b.end) - max(a.start, b.start))
+
+
+def segment_for_index(path: str | Path, recording_id: str, *, speech: bool = True) -> list[Segment]:
+    """Sound chunks (energy gate) and speech chunks (silero-vad) of one file, ids in time order."""
+    from sonalign.segmenters import get_segmenter
+
+    sounds = get_segmenter("energy").segment_file(path, recording_id)
+    speech_segs = get_segmenter("speech").segment_file(path, recording_id) if speech else []
+    kept = [s for s in sounds if sum(overlap(s, v) for v in speech_segs) < 0.5 * s.duration]
+    for s in kept:
+        s.custom["kind"] = "sound"
+    for s in speech_segs:
+        s.custom["kind"] = "speech"
+    merged = sorted(kept + speech_segs, key=lambda s: (s.start, s.end))
+    for n, s in enumerate(merged):
+        s.id = segment_id(recording_id, n)
+    return merged
+
+
+class Indexer:
+    """Embeds recordings into an :class:`IndexStore` with one embedder and optional transcripts."""
+
+    def __init__(self, store: IndexStore, model: str = "default", *, transcripts: bool = True, speech: bool = True):
+        self.store = store
+        self.embedder = get_embedder(model)
+        self.transcripts = transcripts
+        self.speech = speech
+        self._asr = None
+        self._text = None
+
+    def _asr_and_text(self):
+        if self._asr is None:
+            from sonalign.encoders import get_audio_encoder, get_text_encoder
+
+            self._asr = get_audio_encoder("pocketsphinx")
+            self._text = get_text_encoder(TRANSCRIPT_ENCODER)
+        return self._asr, self._text
+
+    def embed_file(self, path: Path, recording_id: str) -> tuple[list[Segment], np.ndarray, list[str | None], dict[str, np.ndarray]]:
+        segments = segment_for_index(path, recording_id, speech=self.speech)
+        if not segments:
+            raise AudioError(path, "no sound or speech found above the noise floor")
+        sr = self.embedder.sample_rate
+        waves = [load_audio(path, sr, start=s.start, duration=s.duration, allow_silent=True)[0] for s in segments]
+        vectors = self.embedder.embed_segments(waves)
+        texts: list[str | None] = [None] * len(segments)
+        extras: dict[str, np.ndarray] = {}
+        speech_rows = [i for i, s in enumerate(segments) if s.custom.get("kind") == "speech"]
+        if self.transcripts and speech_rows:
+            asr, text_encoder = self._asr_and_text()
+            for i in speech_rows:
+                wave16k, _ = load_audio(path, 16000, start=segments[i].start, duration=segments[i].duration, allow_silent=True)
+                texts[i] = asr.transcribe(wave16k) or None
+            said = [i for i in speech_rows if texts[i]]
+            if said:
+                matrix = np.zeros((len(segments), text_encoder.dim), np.float32)
+                matrix[said] = text_encoder.encode([texts[i] for i in said], normalize_embeddings=True)["embedding"]
+                extras[TRANSCRIPT] = matrix
+        for s, t in zip(segments, texts):
+            s.text = t
+        return segments, vectors, texts, extras
+
+
+def build_index(
+    root: str | Path,
+    out: str | Path,
+    *,
+    model: str = "default",
+    rebuild: bool = False,
+    transcripts: bool = True,
+    show_progress: bool = True,
+) -> IndexReport:
+    """Index (or update the index of) every audio file under ``root`` into ``out``."""
+    started = time.perf_counter()
+    root = Path(root)
+    files = find_audio_files(root)
+    base = root if root.is_dir() else None
+    report = IndexReport(files=len(files))
+    embedder = get_embedder(model)
+    store = IndexStore.open(out, create=True, rebuild=rebuild, model=embedder.name, dim=embedder.dim, settings=embedder.settings())
+    try:
+        memo = HashMemo(Path(out) / "hashes.json")
+        indexed = store.recordings()  # {path: content_hash}
+        wanted: dict[str, tuple[Path, str]] = {}
+        for f in files:
+            try:
+                wanted[str(f.resolve())] = (f, memo.hash(f))
+            except OSError as exc:
+                report.failures.append((str(f), f"cannot read file ({exc.strerror or exc})"))
+        memo.save()
+        for path in sorted(set(indexed) - set(wanted)):
+            if root.is_dir() and Path(path).is_relative_to(root.resolve()):
+                store.remove_recording(path)
+                report.removed += 1
+        todo = [(p, f, h) for p, (f, h) in wanted.items() if indexed.get(p) != h]
+        report.unchanged = len(wanted) - len(todo)
+        indexer = Indexer(store, model, transcripts=transcripts)
+        last_commit, since_commit = time.monotonic(), 0
+        with progress(len(todo), "indexing", disable=not show_progress or not todo) as bar:
+            for path, f, h in todo:
+                try:
+                    info = audio_info(f)
+                    rid = recording_id_for(f.resolve(), base.resolve() if base else None)
+                    segments, vectors, texts, extras = indexer.embed_file(f, rid)
+                    store.upsert_recording(RecordingInfo(path=path, content_hash=h, duration=info.duration, sample_rate=info.sample_rate, id=rid),
+                                           segments, vectors, texts, extras or None)
+                    report.updated += path in indexed
+                    report.added += path not in indexed
+                    report.segments += len(segments)
+                    report.audio_seconds += info.duration
+                    since_commit += 1
+                except SonalignError as exc:
+                    report.failures.append((str(f), getattr(exc, "reason", str(exc))))
+                bar.update(1)
+                if since_commit >= COMMIT_EVERY_FILES or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
+                    store.commit()
+                    last_commit, since_commit = time.monotonic(), 0
+        store.commit()
+    finally:
+        store.close()
+    report.wall_seconds = time.perf_counter() - started
+    return report
+
+
+def searcher_for_store(store: IndexStore, *, model: str | None = None, fusion_weight: float = 0.5):
+    """A :class:`~sonalign.index.query.Searcher` over an open store, with the model it was built with."""
+    from sonalign.encoders import get_text_encoder
+    from sonalign.index.query import Searcher
+
+    embedder = get_embedder(model or store.model or "default")
+
+    def embed_audio(wave: np.ndarray, sr: int) -> np.ndarray:
+        from sonalign.audio.io import resample
+
+        return embedder.embed_segments([resample(np.asarray(wave, np.float32), sr, embedder.sample_rate)])
+
+    def embed_transcript_space(texts: list[str]) -> np.ndarray:
+        return get_text_encoder(TRANSCRIPT_ENCODER).encode(list(texts), normalize_embeddings=True)["embedding"]
+
+    return Searcher(store, embedder.embed_text, embed_audio, embed_transcript_space, fusion_weight)
+
+
+def make_searcher(idx: str | Path, *, model: str | None = None, fusion_weight: float = 0.5):
+    """Open ``idx`` read-only and return a searcher over it."""
+    return searcher_for_store(IndexStore.open(idx, readonly=True), model=model, fusion_weight=fusion_weight)
