@@ -1,0 +1,27 @@
+"""Subprocess side of test_build.py's kill test: index a folder with the fake-encoder run."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def main(folder: str, idx: str, run: str) -> None:
+    spec = importlib.util.spec_from_file_location("_sonalign_tests_conftest", TESTS / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from sonalign.encoders import base
+
+    base._AUDIO["fake-audio"] = module.FakeAudioEncoder
+    base._TEXT["fake-text"] = module.FakeTextEncoder
+    import sonalign.index.build as build
+
+    build.COMMIT_EVERY_FILES = 1  # commit after every file so a kill lands between commits too
+    build.build_index(folder, idx, model=run, transcripts=False, show_progress=False)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

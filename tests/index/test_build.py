@@ -1,0 +1,134 @@
+"""Index builder end to end (real segmenters, fake encoders): incremental updates, failures, kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from safetensors.torch import save_file
+
+from sonalign.index.build import build_index, make_searcher, segment_for_index
+from sonalign.index.store import IndexStore
+from sonalign.models.factory import create_model
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory):
+    """A clap-baseline 'run' on the fake 16-d encoders (random weights are enough to index)."""
+    run = tmp_path_factory.mktemp("run")
+    model = create_model("clap-baseline", audio_dim=16, text_dim=16, embed_dim=8)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
+    config = {"model": {**model.config}, "data": {"features": {"audio_encoder": "fake-audio", "text_encoder": "fake-text"}}}
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def events(freqs, sr=16000, gap=1.0, noise=0.003, seed=0):
+    """Tones of 0.8 s separated by ``gap`` s of faint noise; returns (wave, [(start, end)])."""
+    rng = np.random.default_rng(seed)
+    parts, spans, t = [], [], gap
+    parts.append(noise * rng.standard_normal(int(gap * sr)))
+    for f in freqs:
+        tt = np.arange(int(0.8 * sr)) / sr
+        parts += [0.4 * np.sin(2 * np.pi * f * tt), noise * rng.standard_normal(int(gap * sr))]
+        spans.append((t, t + 0.8))
+        t += 0.8 + gap
+    return np.concatenate(parts).astype(np.float32), spans
+
+
+def write(path: Path, wave, sr=16000):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wave, sr)
+
+
+def test_segment_for_index_finds_sound_events(tmp_path):
+    wave, spans = events([440, 880, 1320])
+    write(tmp_path / "a.wav", wave)
+    segs = segment_for_index(tmp_path / "a.wav", "a")
+    assert [s.id for s in segs] == ["a-00000", "a-00001", "a-00002"]
+    for s, (start, end) in zip(segs, spans):
+        assert s.custom["kind"] == "sound"
+        assert abs(s.start - start) < 0.15 and abs(s.end - end) < 0.15
+
+
+def test_incremental_updates_and_failures(tmp_path, fake_run):
+    folder = tmp_path / "audio"
+    for i in range(3):
+        write(folder / f"r{i}.wav", events([300 + 200 * i, 900], seed=i)[0])
+    (folder / "broken.wav").write_bytes(b"RIFF....not audio at all")
+    idx = tmp_path / "idx"
+    first = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False)
+    assert (first.added, first.updated, first.removed) == (3, 0, 0)
+    assert [Path(p).name for p, _ in first.failures] == ["broken.wav"]
+    again = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False)
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 3)
+    write(folder / "r0.wav", events([500, 700, 1100], seed=9)[0])  # changed
+    (folder / "r1.wav").unlink()  # deleted
+    write(folder / "sub" / "new.wav", events([1500])[0])  # added
+    third = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False)
+    assert (third.added, third.updated, third.removed, third.unchanged) == (1, 1, 1, 1)
+    with IndexStore.open(idx, readonly=True) as store:
+        recs = store.recordings()
+        assert sorted(Path(p).name for p in recs) == ["new.wav", "r0.wav", "r2.wav"]
+        assert len(store.recording_segments("r0")) == 3
+        assert store.stats()["counts"]["segments"] == 3 + 2 + 1
+
+
+def test_search_returns_files_and_spans(tmp_path, fake_run):
+    folder = tmp_path / "audio"
+    wave, spans = events([440, 2000])
+    write(folder / "x.wav", wave)
+    build_index(folder, tmp_path / "idx", model=str(fake_run), transcripts=False, show_progress=False)
+    searcher = make_searcher(tmp_path / "idx")
+    hits = searcher.search("a tone", k=5)
+    assert len(hits) == 2 and {h.segment_id for h in hits} == {"x-00000", "x-00001"}
+    for h in hits:
+        assert h.path.endswith("x.wav") and h.end > h.start
+    by_example = searcher.search_audio(wave[int(spans[1][0] * 16000) : int(spans[1][1] * 16000)], 16000, k=1)
+    assert by_example[0].segment_id == "x-00001"  # the same sound finds its own span first
+
+
+def test_kill_9_midway_then_rerun_is_consistent(tmp_path, fake_run):
+    folder = tmp_path / "audio"
+    for i in range(12):
+        write(folder / f"r{i:02d}.wav", events([300 + 100 * i, 1000, 1700], seed=i)[0])
+    idx = tmp_path / "idx"
+    worker = Path(__file__).with_name("index_worker.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    partial = []
+    for target in (3, 7):  # kill once 3, then once 7 recordings are committed
+        proc = subprocess.Popen([sys.executable, str(worker), str(folder), str(idx), str(fake_run)], env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _committed(idx) < target and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        partial.append(_committed(idx))
+    assert 3 <= partial[0] < 12 and partial[0] <= partial[1] < 12, partial  # really killed midway
+    report = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False)
+    assert report.added + report.unchanged == 12 and not report.failures
+    with IndexStore.open(idx, readonly=True) as store:
+        stats = store.stats()
+        assert len(store.recordings()) == 12
+        assert store.stats()["counts"]["segments"] == 36  # 3 events per file: no duplicate, none lost
+        ids = [s.id for r in store.recordings() for s in store.recording_segments(Path(r).stem)]
+        assert len(ids) == len(set(ids)) == 36
+
+
+def _committed(idx: Path) -> int:
+    import sqlite3
+
+    db = idx / "meta.sqlite"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute("SELECT COUNT(*) FROM recordings").fetchone()[0]
+    except sqlite3.Error:
+        return 0
