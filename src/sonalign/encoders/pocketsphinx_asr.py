@@ -1,0 +1,139 @@
+"""``pocketsphinx``: speech -> transcript -> ``minilm-l6`` embedding (the cascade baseline).
+
+Transcription uses pocketsphinx 5's ``Decoder`` with its shipped US-English models (acoustic model
+``en-us``, the ``en-us.lm.bin`` trigram LM and ``cmudict-en-us.dict``), 16 kHz 16-bit PCM, one
+utterance per input wave (``full_utt=True``). The transcript is then embedded by ``minilm-l6``.
+
+As an :class:`~sonalign.encoders.base.AudioEncoder`: ``sample_rate`` 16000, ``dim`` 384, and
+``encode`` returns
+
+* ``embedding`` (B, 384): minilm-l6's embedding of the transcript;
+* ``frames`` (B, L, 384) / ``frames_mask`` (B, L): the transcript's minilm token states (the
+  "frames" of a cascade are its tokens; [CLS]/[SEP] included, so every row has >= 2 valid frames);
+* ``transcripts``: the list of transcripts (lower case, pocketsphinx's words joined by spaces).
+
+An empty transcript (silence, noise, music, or speech the decoder rejects) is embedded as the
+empty string ``""``, i.e. minilm's embedding of ``[CLS] [SEP]``: a fixed "nothing was said"
+vector, the same for every such segment, rather than an error or a zero vector (which would break
+cosine scores).
+
+Determinism: pocketsphinx carries feature-extraction state (live CMN estimate, front-end buffers)
+from one utterance into the next, so the same audio can decode differently depending on what came
+before. ``Decoder.reinit_feat()`` before every utterance resets it: a transcript depends only on
+its own audio. One decoder is shared per encoder and guarded by a lock (it is not thread-safe).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sonalign.encoders._common import as_mono_float32, batch_slices, finish, sha256_file
+from sonalign.encoders.base import get_text_encoder, register_audio_encoder
+from sonalign.errors import ConfigError
+
+SAMPLE_RATE = 16000
+_IMPL_VERSION = 1
+
+
+def model_files() -> dict[str, Path]:
+    """Paths of the shipped default model: ``hmm`` (folder), ``lm``, ``dict``."""
+    try:
+        from pocketsphinx import get_model_path
+    except ImportError as exc:
+        raise ConfigError("the pocketsphinx encoder needs the 'pocketsphinx' package (>= 5)") from exc
+    root = Path(get_model_path()) / "en-us"
+    files = {"hmm": root / "en-us", "lm": root / "en-us.lm.bin", "dict": root / "cmudict-en-us.dict"}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise ConfigError(f"pocketsphinx model files missing: {', '.join(missing)}")
+    return files
+
+
+def to_pcm16(wave: np.ndarray) -> bytes:
+    """float [-1, 1] -> little-endian int16 bytes (clipped, rounded)."""
+    return np.round(np.clip(wave, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+@register_audio_encoder("pocketsphinx", "pocketsphinx English ASR -> minilm-l6 transcript embedding (16 kHz, 384-d; cascade baseline)")
+class PocketsphinxASR:
+    """Speech -> pocketsphinx transcript -> minilm-l6. The decoder loads on first use."""
+
+    name = "pocketsphinx"
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, text_encoder: str = "minilm-l6"):
+        self.text_encoder_name = text_encoder
+        self._decoder = None
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        """The text encoder's dimension (384 for minilm-l6)."""
+        return int(self.text_encoder.dim)
+
+    @property
+    def text_encoder(self):
+        return get_text_encoder(self.text_encoder_name)
+
+    def _get_decoder(self):
+        if self._decoder is None:
+            from pocketsphinx import Decoder
+
+            files = model_files()
+            self._decoder = Decoder(hmm=str(files["hmm"]), lm=str(files["lm"]), dict=str(files["dict"]), samprate=SAMPLE_RATE, loglevel="FATAL")
+        return self._decoder
+
+    def settings(self) -> dict[str, Any]:
+        files = model_files()
+        hmm_files = sorted(p for p in files["hmm"].iterdir() if p.is_file())
+        return {
+            "name": self.name,
+            "impl_version": _IMPL_VERSION,
+            "sample_rate": SAMPLE_RATE,
+            "asr": "pocketsphinx-en-us-default",
+            "acoustic_sha256": {p.name: sha256_file(p) for p in hmm_files},
+            "lm_sha256": sha256_file(files["lm"]),
+            "dict_sha256": sha256_file(files["dict"]),
+            "text_encoder": self.text_encoder.settings(),
+            "empty_transcript": "embed-empty-string",
+            "dim": self.dim,
+        }
+
+    def transcribe(self, wave16k: np.ndarray) -> str:
+        """Transcript (lower-case words, or ``""``) of one mono 16 kHz float wave."""
+        wave = as_mono_float32(wave16k, 0)
+        if wave.size == 0:
+            return ""
+        with self._lock:
+            decoder = self._get_decoder()
+            decoder.reinit_feat()  # no state from the previous utterance (see module docstring)
+            decoder.start_utt()
+            decoder.process_raw(to_pcm16(wave), full_utt=True)
+            decoder.end_utt()
+            hyp = decoder.hyp()
+        return " ".join((hyp.hypstr if hyp is not None else "").split())
+
+    def encode(
+        self,
+        waves: list[np.ndarray],
+        *,
+        batch_size: int = 16,
+        show_progress_bar: bool = False,
+        convert_to_numpy: bool = True,
+        normalize_embeddings: bool = False,
+    ) -> dict[str, Any]:
+        """Transcribe each wave (16 kHz mono), embed the transcripts; adds ``"transcripts"``."""
+        waves = [as_mono_float32(w, i) for i, w in enumerate(waves)]
+        transcripts: list[str] = []
+        for sl in batch_slices(len(waves), 1, show_progress_bar, desc="pocketsphinx"):
+            transcripts.append(self.transcribe(waves[sl][0]))
+        if not transcripts:
+            empty = {"embedding": torch.zeros(0, self.dim), "frames": torch.zeros(0, 0, self.dim), "frames_mask": torch.zeros(0, 0, dtype=torch.bool)}
+            return {**finish(empty, convert_to_numpy), "transcripts": []}
+        text = self.text_encoder.encode(transcripts, batch_size=batch_size, convert_to_numpy=convert_to_numpy, normalize_embeddings=normalize_embeddings)
+        return {"embedding": text["embedding"], "frames": text["tokens"], "frames_mask": text["tokens_mask"], "transcripts": transcripts}
