@@ -99,28 +99,34 @@ def test_windows_frames_and_masks(enc):
     n_spec = [1 + n // 1024 for n in lengths]
     n_win = [-(-s // 100) for s in n_spec]
     assert n_win == [1, 1, 1, 2, 3]
-    assert out["frames"].shape == (5, 36, 512) and out["frames"].dtype == np.float32
+    assert out["frames"].shape == (5, 31, 512) and out["frames"].dtype == np.float32  # only real frames: longest has 24 + 7
     assert out["frames_mask"].dtype == bool
     np.testing.assert_array_equal(out["frames_mask"].sum(1), [valid_frames(s) for s in n_spec])
     assert [valid_frames(s) for s in n_spec] == [1, 1, 12, 13, 24 + 7]
     for i, s in enumerate(n_spec):
         v = valid_frames(s)
         assert out["frames_mask"][i, :v].all() and not out["frames_mask"][i, v:].any()
-        assert np.all(out["frames"][i, n_win[i] * 12 :] == 0)  # batch padding
+        assert np.all(out["frames"][i, v:] == 0)  # batch padding
         np.testing.assert_array_equal(out["embedding"][i], out["frames"][i, :v].max(axis=0))
 
 
 def test_frames_match_per_window_reference(enc):
-    """A 2.5-window segment: each window's frames are the reference trunk on that window."""
+    """A 2.5-window segment: each full window's frames are the reference trunk on that window; the
+    last, partial window (51 frames) is run at its real length rounded up to 8 frames (56 -> 7 frames)."""
     wave = signal(250 * 1024 + 3, seed=3)
     out = enc.encode([wave], batch_size=2)
     spec = enc.spectrogram(wave)
-    blocks = np.zeros((3, 100, 96), np.float32)
-    blocks.reshape(-1, 96)[: spec.shape[0]] = spec
+    assert spec.shape[0] == 251
     net = enc.load_reference_net()
     with torch.no_grad():
-        ref = net.frames(torch.from_numpy(blocks)).transpose(1, 2).reshape(36, 512).numpy()
-    np.testing.assert_allclose(out["frames"][0], ref, rtol=1e-5, atol=1e-5)
+        full = net.frames(torch.from_numpy(spec[:200].reshape(2, 100, 96).copy())).transpose(1, 2).reshape(24, 512).numpy()
+        tail = np.zeros((1, 56, 96), np.float32)
+        tail[0, :51] = spec[200:]
+        last = net.frames(torch.from_numpy(tail)).transpose(1, 2).reshape(7, 512).numpy()
+    assert out["frames"].shape == (1, 31, 512)
+    np.testing.assert_allclose(out["frames"][0, :24], full, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["frames"][0, 24:], last, rtol=1e-5, atol=1e-5)
+
 
 
 def test_deterministic_and_batch_independent(enc):

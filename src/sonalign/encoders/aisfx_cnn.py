@@ -21,26 +21,29 @@ Pipeline (the aisfx "librosa" preprocessing, see ``aisfx/spectrogram/spectrogram
    ``(S - 0) / 9.457798957824707``. Layout ``(time, mel)`` as the model expects (aisfx's own
    librosa path returns ``(mel, time)`` and would block it along the wrong axis; its Essentia path,
    used in the paper, gives ``(time, mel)``).
-3. non-overlapping windows of 100 spectrogram frames (2.322 s). The last partial window is padded
-   with the value of normalised silence, ``log10(1 + 0) / 9.45... = 0`` (exactly aisfx's own zero
-   padding in ``preprocessing.blocking``).
+3. non-overlapping windows of 100 spectrogram frames (2.322 s). The last partial window (aisfx's
+   inference drops it) is run at its real length rounded up to a multiple of 8 frames, padded with
+   the value of normalised silence, ``log10(1 + 0) / 9.45... = 0``; the trunk is fully
+   convolutional, so it gives one frame per 8 spectrogram frames and no compute is spent on
+   padding (a 2.8 s clip costs 124 instead of 200 frames of work). Its frames differ from those of
+   a zero-padded 100-frame window (the convolutions see their own zero padding at the end instead
+   of BatchNorm-shifted silence), as the first frames of every window do at its start.
 4. conv trunk -> ``(512, 12)`` per window after the mean over frequency: 12 *frames* of 512-d per
    window, one per 8 spectrogram frames (the 4 last spectrogram frames of each window fall off the
    third 2x2 pooling, as in the original).
 
 Outputs of :meth:`AisfxCNN.encode`:
 
-* ``frames`` ``(B, T, 512)``: all windows' frames in time order (``T = 12 * n_windows``).
-* ``frames_mask`` ``(B, T)``: False for batch padding and for frames that are *pure padding*: frame
-  ``j`` of a window covers spectrogram frames ``[8j, 8j + 8)``; it is invalid when all of them are
-  padding, i.e. when ``8j >= n_real`` for a window with ``n_real`` real spectrogram frames. Every
-  segment has at least one valid frame (an empty wave gives one silent spectrogram frame).
+* ``frames`` ``(B, T, 512)``: all windows' frames in time order: 12 per full window and
+  ``ceil(n_real / 8)`` for the last partial one (``valid_frames``).
+* ``frames_mask`` ``(B, T)``: False for batch padding only. Every segment has at least one frame
+  (an empty wave gives one silent spectrogram frame).
 * ``embedding`` ``(B, 512)``: max over the valid frames. For a segment of exactly one window this
   is the original aisfx window embedding (``EmbeddingNet.forward``: max over its 12 frames).
 
 Speed: BatchNorm is folded into the convolutions at load time, the trunk runs channels-last
 (oneDNN's blocked kernels; ``backend="mkldnn"`` / ``"dense"`` are alternatives), ReLUs in place,
-and the windows of all segments in a call are batched together (``batch_size`` counts windows).
+and the windows of all segments in a call are batched together by length (``batch_size`` counts windows).
 Folding changes results only at float rounding level (~1e-6 relative to the unfused reference).
 About 3.9 GFLOP per window: on 2 AVX2 cores 60 s of audio (26 windows) takes ~1.6 core-seconds.
 """
@@ -74,7 +77,7 @@ FRAMES_PER_WINDOW = 12  # output frames per window (100 -> 50 -> 25 -> 12 by the
 SPEC_FRAMES_PER_FRAME = 8  # spectrogram frames per output frame (three 2x pools)
 WINDOW_SECONDS = WINDOW_FRAMES * HOP_LENGTH / SAMPLE_RATE  # 2.3219954...
 EMBED_DIM = 512
-_IMPL_VERSION = 1
+_IMPL_VERSION = 2  # 2: partial last window run at its real length
 # Spectrogram frames computed per STFT call for long segments (bounds STFT memory to ~40 MB).
 _STFT_CHUNK_FRAMES = 50 * WINDOW_FRAMES
 
@@ -330,39 +333,36 @@ class AisfxCNN:
         """
         waves = [as_mono_float32(w, i) for i, w in enumerate(waves)]
         trunk = self._model()
-        windows: list[np.ndarray] = []
+        windows: list[np.ndarray] = []  # every window of every segment, in order
         counts: list[int] = []  # windows per segment
-        real: list[int] = []  # real spectrogram frames per segment
         for w in waves:
             spec = self.spectrogram(w)
-            n = spec.shape[0]
-            n_win = -(-n // WINDOW_FRAMES)
-            if n_win * WINDOW_FRAMES != n:
-                spec = np.concatenate([spec, np.zeros((n_win * WINDOW_FRAMES - n, N_MELS), np.float32)])
-            windows.append(spec.reshape(n_win, WINDOW_FRAMES, N_MELS))
-            counts.append(n_win)
-            real.append(n)
+            pieces = [spec[i : i + WINDOW_FRAMES] for i in range(0, spec.shape[0], WINDOW_FRAMES)]
+            windows.extend(_fit_window(p) for p in pieces)
+            counts.append(len(pieces))
         if not waves:
             empty = torch.zeros(0, EMBED_DIM)
             return finish({"embedding": empty, "frames": torch.zeros(0, 0, EMBED_DIM), "frames_mask": torch.zeros(0, 0, dtype=torch.bool)}, convert_to_numpy)
-        all_windows = torch.from_numpy(np.concatenate(windows, axis=0))
-        outs = []
+        # Windows of equal length share forward passes; the last window of a segment is usually
+        # shorter (its real length rounded up to 8 frames), which saves the work on padding.
+        outputs: list[torch.Tensor | None] = [None] * len(windows)
+        by_length: dict[int, list[int]] = {}
+        for i, win in enumerate(windows):
+            by_length.setdefault(win.shape[0], []).append(i)
         with torch.inference_mode():
-            for sl in batch_slices(all_windows.shape[0], batch_size, show_progress_bar, desc="aisfx-cnn windows"):
-                outs.append(trunk(all_windows[sl]))  # (n, 512, 12)
-            frames_all = torch.cat(outs).transpose(1, 2)  # (N_windows, 12, 512)
-            seqs, embs = [], []
-            offset = 0
-            for n_win, n_real in zip(counts, real):
-                f = frames_all[offset : offset + n_win].reshape(n_win * FRAMES_PER_WINDOW, EMBED_DIM)
+            for length in sorted(by_length, reverse=True):
+                rows = by_length[length]
+                stacked = torch.from_numpy(np.stack([windows[i] for i in rows]))
+                for sl in batch_slices(len(rows), batch_size, show_progress_bar and length == WINDOW_FRAMES, desc="aisfx-cnn windows"):
+                    out = trunk(stacked[sl]).transpose(1, 2)  # (n, frames, 512)
+                    for j, row in enumerate(rows[sl]):
+                        outputs[row] = out[j]
+            seqs, offset = [], 0
+            for n_win in counts:
+                seqs.append(torch.cat(outputs[offset : offset + n_win]))
                 offset += n_win
-                n_valid = valid_frames(n_real)
-                seqs.append(f)
-                embs.append(f[:n_valid].amax(dim=0))
+            embedding = torch.stack([f.amax(dim=0) for f in seqs])
             frames, mask = pad_sequences(seqs, EMBED_DIM)
-            for i, n_real in enumerate(real):
-                mask[i, valid_frames(n_real) :] = False
-            embedding = torch.stack(embs)
             if normalize_embeddings:
                 embedding = l2_normalize(embedding)
         return finish({"embedding": embedding, "frames": frames, "frames_mask": mask}, convert_to_numpy)
@@ -376,6 +376,19 @@ class AisfxCNN:
         w, j = idx // FRAMES_PER_WINDOW, idx % FRAMES_PER_WINDOW
         spec_frame = w * WINDOW_FRAMES + j * SPEC_FRAMES_PER_FRAME + (SPEC_FRAMES_PER_FRAME - 1) / 2
         return spec_frame * HOP_LENGTH / SAMPLE_RATE
+
+
+def _fit_window(spec: np.ndarray) -> np.ndarray:
+    """A window of at most 100 frames, zero-padded (normalised silence) to a multiple of 8 frames.
+
+    Three 2x2 pools need a multiple of 8; a window of 96-100 frames is padded to the full 100,
+    which pools to the model's 12 frames exactly as aisfx's blocks do.
+    """
+    n = spec.shape[0]
+    target = WINDOW_FRAMES if n > WINDOW_FRAMES - SPEC_FRAMES_PER_FRAME else -(-n // SPEC_FRAMES_PER_FRAME) * SPEC_FRAMES_PER_FRAME
+    if target == n:
+        return np.ascontiguousarray(spec, dtype=np.float32)
+    return np.concatenate([spec, np.zeros((target - n, N_MELS), np.float32)])
 
 
 def valid_frames(n_spec_frames: int) -> int:
