@@ -74,3 +74,18 @@ def test_asterisk_prompts(asr, shared_data):
         hyp = asr.transcribe(wave)
         overlap = (words(hyp) & words(rows[clip_id]["text"])) - STOP
         assert overlap, (hyp, rows[clip_id]["text"])
+
+
+def test_fast_decoder_is_a_distinct_setting_and_still_transcribes(shared_data):
+    import json
+
+    from sonalign.audio.io import load_audio
+    from sonalign.encoders import get_audio_encoder
+
+    fast = get_audio_encoder("pocketsphinx", fast=True)
+    accurate = get_audio_encoder("pocketsphinx")
+    assert fast.settings() != accurate.settings()  # cache keys differ
+    row = next(json.loads(l) for l in (shared_data / "asterisk" / "manifest.jsonl").open() if json.loads(l)["id"] == "agent-alreadyon")
+    wave, _ = load_audio(shared_data / "asterisk" / row["audio"], 16000)
+    words = set(fast.transcribe(wave).split())
+    assert words & {"agent", "already", "logged", "number", "please"}

@@ -66,8 +66,13 @@ class PocketsphinxASR:
     name = "pocketsphinx"
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, text_encoder: str = "minilm-l6"):
+    #: Decoder settings of ``fast=True``: one search pass, narrower beams. Measured on 25 asterisk
+    #: test prompts: ~2.4x faster, word recall 0.47 instead of 0.56. Used for indexing.
+    FAST_OPTIONS = {"fwdflat": False, "bestpath": False, "maxwpf": 5, "maxhmmpf": 3000, "topn": 2}
+
+    def __init__(self, text_encoder: str = "minilm-l6", fast: bool = False):
         self.text_encoder_name = text_encoder
+        self.fast = bool(fast)
         self._decoder = None
         self._lock = threading.Lock()
 
@@ -85,7 +90,7 @@ class PocketsphinxASR:
             from pocketsphinx import Decoder
 
             files = model_files()
-            self._decoder = Decoder(hmm=str(files["hmm"]), lm=str(files["lm"]), dict=str(files["dict"]), samprate=SAMPLE_RATE, loglevel="FATAL")
+            self._decoder = Decoder(hmm=str(files["hmm"]), lm=str(files["lm"]), dict=str(files["dict"]), samprate=SAMPLE_RATE, loglevel="FATAL", **(self.FAST_OPTIONS if self.fast else {}))
         return self._decoder
 
     def settings(self) -> dict[str, Any]:
@@ -101,6 +106,7 @@ class PocketsphinxASR:
             "dict_sha256": sha256_file(files["dict"]),
             "text_encoder": self.text_encoder.settings(),
             "empty_transcript": "embed-empty-string",
+            "fast": self.FAST_OPTIONS if self.fast else None,
             "dim": self.dim,
         }
 

@@ -84,7 +84,7 @@ class Indexer:
         if self._asr is None:
             from sonalign.encoders import get_audio_encoder, get_text_encoder
 
-            self._asr = get_audio_encoder("pocketsphinx")
+            self._asr = get_audio_encoder("pocketsphinx", fast=True)
             self._text = get_text_encoder(TRANSCRIPT_ENCODER)
         return self._asr, self._text
 
