@@ -25,9 +25,14 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"
 
-# Optional system tools some tests use (they skip cleanly without them).
+# Optional system tools some tests use (they skip cleanly without them): espeak-ng makes speech,
+# Debian's chromium is the browser the web-page test drives (Playwright never downloads one).
 system-deps:
-	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng) || true
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  missing=""; command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
+	  [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	else echo "system-deps: not root or no apt-get; tests needing espeak-ng/chromium will skip"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info
