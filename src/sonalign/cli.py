@@ -187,11 +187,13 @@ def index_cmd(
     rebuild: bool = typer.Option(False, "--rebuild", help="Delete the index (also a damaged one) and build it again."),
     transcripts: bool = typer.Option(True, "--transcripts/--no-transcripts", help="Transcribe speech segments with pocketsphinx and fuse transcript similarity into search."),
     strict: bool = typer.Option(False, help="Exit non-zero if any file could not be used."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Where the vectors are searched: 'faiss' (files in IDX, the default) or 'milvus' (a Milvus server or cluster, see --uri). Recorded in the index; later runs, search and serve use it."),
+    uri: Optional[str] = typer.Option(None, "--uri", "--milvus-uri", envvar="SONALIGN_MILVUS_URI", help="Milvus address for --backend milvus, e.g. http://milvus.example:19530 (also overrides the recorded one for a server that moved)."),
 ) -> None:
     """Chunk, embed and index every recording under FOLDER. Re-running updates only added, changed or deleted files."""
     from sonalign.index.build import build_index
 
-    report = _guard(lambda: build_index(folder, out_dir, model=model, rebuild=rebuild, transcripts=transcripts))
+    report = _guard(lambda: build_index(folder, out_dir, model=model, rebuild=rebuild, transcripts=transcripts, backend=backend, uri=uri))
     speed = report.audio_seconds / max(report.wall_seconds, 1e-9)
     console.print(
         f"{report.files} files: {report.added} added, {report.updated} updated, {report.removed} removed, {report.unchanged} unchanged; "
@@ -208,7 +210,7 @@ def _print_hits(hits, as_json: bool) -> None:
     for col in ("#", "score", "file", "span", "kind", "transcript"):
         table.add_column(col)
     for n, h in enumerate(hits, 1):
-        table.add_row(str(n), f"{h.score:.3f}", str(h.path), f"{_clock(h.start)} - {_clock(h.end)}", h.kind or "", (h.transcript or "")[:60])
+        table.add_row(str(n), f"{h.score:.3f}", Path(h.path).name, f"{_clock(h.start)} - {_clock(h.end)}", h.kind or "", (h.transcript or "")[:60])
     out.print(table)
 
 
@@ -261,7 +263,7 @@ def serve_cmd(
 @app.command("demo")
 def demo_cmd(
     out_dir: Path = typer.Option(Path("out/demo-index"), "--out", help="Where to put the demo index."),
-    queries: list[str] = typer.Option(["a beep tone", "goodbye", "the password", "someone saying the number seven"], "--query", help="Queries to run (repeatable)."),
+    queries: list[str] = typer.Option(["a beep tone", "goodbye", "welcome to the directory", "weasels have eaten our phone system"], "--query", help="Queries to run (repeatable)."),
 ) -> None:
     """The main job on the embedded defaults: index the bundled real sample and search it."""
     from sonalign.index.build import build_index, make_searcher
