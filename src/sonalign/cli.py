@@ -163,13 +163,14 @@ def evaluate_cmd(
     noise: Optional[Path] = typer.Option(None, help="Folder of real noise recordings (outside the evaluated set) for 15/10/5 dB robustness."),
     probe: Optional[Path] = typer.Option(None, help="Labelled manifest with train/test splits for a linear probe (e.g. EmoDB)."),
     template: Optional[str] = typer.Option(None, help="Prompt template for label-only data (default: the run's)."),
+    cache: Optional[Path] = typer.Option(None, help="Feature cache folder (default: the one the run was trained with, else ./features)."),
 ) -> None:
     """Evaluate a trained run: retrieval both ways, zero-shot, noise robustness, linear probe."""
     from sonalign.evaluation.report import format_table, write_report
     from sonalign.evaluation.run import evaluate_run
     from sonalign.utils.atomic import atomic_write_text
 
-    result = _guard(lambda: evaluate_run(run, data, split=None if split == "all" else split, noise=noise, probe_data=probe, template=template))
+    result = _guard(lambda: evaluate_run(run, data, split=None if split == "all" else split, noise=noise, probe_data=probe, template=template, cache_dir=cache))
     out.print(format_table(result.metrics, title=f"{run} on {data} [{split}]"))
     paths = write_report(report or run / f"eval-{split}", retrieval=result.retrieval if hasattr(result.retrieval, "ranks") else {"metrics": result.retrieval},
                          zeroshot=result.zeroshot, robustness=result.robustness if len(result.robustness) > 1 else None,
