@@ -121,15 +121,20 @@ def build_index(
     rebuild: bool = False,
     transcripts: bool = True,
     show_progress: bool = True,
+    backend: str | None = None,
+    uri: str | None = None,
 ) -> IndexReport:
-    """Index (or update the index of) every audio file under ``root`` into ``out``."""
+    """Index (or update the index of) every audio file under ``root`` into ``out``.
+
+    ``backend="milvus"``, ``uri=...``: keep the vectors in a Milvus server (see :mod:`sonalign.index.milvus`).
+    """
     started = time.perf_counter()
     root = Path(root)
     files = find_audio_files(root)
     base = root if root.is_dir() else None
     report = IndexReport(files=len(files))
     embedder = get_embedder(model)
-    store = IndexStore.open(out, create=True, rebuild=rebuild, model=embedder.name, dim=embedder.dim, settings=embedder.settings())
+    store = IndexStore.open(out, create=True, rebuild=rebuild, model=embedder.name, dim=embedder.dim, settings=embedder.settings(), backend=backend, uri=uri)
     try:
         memo = HashMemo(Path(out) / "hashes.json")
         indexed = store.recordings()  # {path: content_hash}
