@@ -30,7 +30,7 @@ def peak_rss_mib() -> float:
 def machine() -> dict:
     import torch
 
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+    return {"cpu_count": os.cpu_count(), "load_avg": list(os.getloadavg()), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
 
 def write_results(name: str, payload: dict) -> Path:
