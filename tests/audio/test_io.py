@@ -198,3 +198,23 @@ def test_find_audio_files_sorted_and_skips_hidden(tmp_path):
     assert find_audio_files(tmp_path / "a.wav") == [tmp_path / "a.wav"]
     with pytest.raises(FileNotFoundError):
         find_audio_files(tmp_path / "nope")
+
+
+def test_find_audio_files_follows_folder_links_once(tmp_path):
+    import os
+
+    import numpy as np
+    import soundfile as sf
+
+    from sonalign.audio.io import find_audio_files
+
+    real = tmp_path / "real"
+    real.mkdir()
+    sf.write(real / "a.wav", np.zeros(160, np.float32), 16000)
+    (real / ".hidden.wav").write_bytes(b"")
+    (real / "notes.txt").write_text("x")
+    top = tmp_path / "top"
+    top.mkdir()
+    os.symlink(real, top / "linked", target_is_directory=True)
+    os.symlink(top, real / "loop", target_is_directory=True)  # a cycle
+    assert [p.relative_to(top).as_posix() for p in find_audio_files(top)] == ["linked/a.wav"]

@@ -11,6 +11,7 @@ Both raise :class:`~sonalign.errors.AudioError` naming the file for anything unu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,15 +175,27 @@ def _read_mp3_block(handle: sf.SoundFile, frames: int) -> np.ndarray:
 
 
 def find_audio_files(root: str | Path) -> list[Path]:
-    """All audio files under ``root`` (recursive, hidden files skipped), sorted for determinism."""
+    """All audio files under ``root`` (recursive, hidden entries skipped), sorted for determinism.
+
+    Symlinked folders are followed (archives are often assembled from links); each real folder is
+    visited once, so a link cycle cannot loop.
+    """
     root = Path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such file or folder")
-    return sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    found: list[Path] = []
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(Path(folder) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in AUDIO_EXTENSIONS)
+    return sorted(found)
 
 
 def _short(exc: BaseException) -> str:
