@@ -46,12 +46,14 @@ def make_collection(sets: list[str], minutes: float, factor: int, out: Path) -> 
     return total * factor
 
 
-def index_part(folder: str) -> dict:
+def index_part(folder: str, transcripts: bool = True) -> dict:
     from sonalign.index.build import build_index
+    from sonalign.index.embedders import get_embedder
 
+    get_embedder("default")  # model loading is a one-off per process, not part of the per-size cost
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        report = build_index(folder, Path(tmp) / "idx", show_progress=False)
+        report = build_index(folder, Path(tmp) / "idx", show_progress=False, transcripts=transcripts)
         wall = time.perf_counter() - started
     return {"files": report.files, "segments": report.segments, "audio_seconds": round(report.audio_seconds, 1), "wall_seconds": round(wall, 2),
             "x_realtime": round(report.audio_seconds / wall, 2), "peak_rss_mib": round(peak_rss_mib(), 1)}
@@ -160,18 +162,20 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[8, 32, 128, 256])
     parser.add_argument("--configs", nargs="+", default=["clap-baseline", "hilbert", "robust-atr", "hade", "mga-clap", "calm"])
     parser.add_argument("--skip-index", action="store_true")
+    parser.add_argument("--no-transcripts", action="store_true", help="index without the pocketsphinx cascade")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
-        print(json.dumps(index_part(args.part)))
+        print(json.dumps(index_part(args.part, not args.no_transcripts)))
         return
-    results: dict = {"base_minutes": args.base_minutes, "sets": args.sets}
+    results: dict = {"base_minutes": args.base_minutes, "sets": args.sets, "transcripts": not args.no_transcripts}
     if not args.skip_index:
         results["index"] = []
         for factor in args.factors:
             with tempfile.TemporaryDirectory(prefix="sonalign-scale-") as tmp:
                 seconds = make_collection(args.sets, args.base_minutes, factor, Path(tmp))
-                done = subprocess.run([sys.executable, __file__, "--part", tmp], capture_output=True, text=True)
+                cmd = [sys.executable, __file__, "--part", tmp] + (["--no-transcripts"] if args.no_transcripts else [])
+                done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:
                     sys.exit(done.stderr[-3000:])
                 row = {"factor": factor, "collection_seconds": round(seconds, 1), **json.loads(done.stdout.strip().splitlines()[-1])}

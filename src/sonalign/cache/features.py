@@ -44,6 +44,26 @@ FORMAT_VERSION = 1
 MEL_SETTINGS = {"sample_rate": 16000, "n_fft": 400, "hop_length": 160, "win_length": 400, "n_mels": 64, "f_min": 0.0, "f_max": 8000.0}
 
 
+#: Recordings up to this long are decoded whole in the prefetch thread; longer ones lazily, per group.
+EAGER_SECONDS = 600.0
+#: Segments decoded and encoded together (bounds memory on hour-long recordings).
+GROUP_SEGMENTS = 64
+
+
+class SegmentWaves:
+    """Lazy, indexable waves of a recording's segments: ``waves[i]`` decodes segment ``i`` only."""
+
+    def __init__(self, path: str | Path, sample_rate: int, segments: list[Segment]):
+        self.path, self.sample_rate, self.segments = path, sample_rate, segments
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        s = self.segments[i]
+        return load_audio(self.path, self.sample_rate, start=s.start, duration=s.duration, allow_silent=True)[0]
+
+
 @dataclass
 class FeatureSettings:
     audio_encoder: str = "aisfx-cnn"
@@ -118,7 +138,9 @@ class FeatureCache:
         segments = self.segmenter.segment_file(clip.audio, clip.id)
         if not segments:
             raise AudioError(clip.audio, "no segment found (all audio below the segmenter's threshold)")
-        waves = [load_audio(clip.audio, sr, start=s.start, duration=s.duration, allow_silent=True)[0] for s in segments]
+        waves = SegmentWaves(clip.audio, sr, segments)
+        if sum(s.duration for s in segments) <= EAGER_SECONDS:
+            waves = [waves[i] for i in range(len(segments))]  # short recordings: decode in the prefetch thread
         return waves, segments
 
     def _cut(self, wave: np.ndarray, sr: int, recording_id: str) -> tuple[list[np.ndarray], list[Segment]]:
@@ -128,23 +150,32 @@ class FeatureCache:
         waves = [wave[int(round(s.start * sr)) : int(round(s.end * sr))] for s in segments]
         return waves, segments
 
-    def encode_segments(self, waves: list[np.ndarray], segments: list[Segment], batch_size: int = 32) -> dict[str, Any]:
-        """Encoder outputs for already-cut segments, in the cache's per-recording layout."""
-        out = self.audio_encoder.encode(waves, batch_size=batch_size)
-        mask = np.asarray(out["frames_mask"], dtype=bool)
-        frames = [np.asarray(out["frames"][i][mask[i]], dtype=np.float32) for i in range(len(segments))]
+    def encode_segments(self, waves: Any, segments: list[Segment], batch_size: int = 32) -> dict[str, Any]:
+        """Encoder outputs for already-cut segments, in the cache's per-recording layout.
+
+        ``waves`` is a list or a lazy :class:`SegmentWaves`; segments are decoded and encoded
+        ``GROUP_SEGMENTS`` at a time, so a long recording never sits in memory whole.
+        """
+        embeddings, frames, mels = [], [], []
+        sr = self.audio_encoder.sample_rate
+        for lo in range(0, len(segments), GROUP_SEGMENTS):
+            group = [waves[i] for i in range(lo, min(lo + GROUP_SEGMENTS, len(segments)))]
+            out = self.audio_encoder.encode(group, batch_size=batch_size)
+            mask = np.asarray(out["frames_mask"], dtype=bool)
+            embeddings.append(np.asarray(out["embedding"], dtype=np.float32))
+            frames.extend(np.asarray(out["frames"][i][mask[i]], dtype=np.float32) for i in range(len(group)))
+            if self.settings.with_mel:
+                from sonalign.audio.io import resample
+                from sonalign.audio.mel import log_mel
+
+                mels.extend(np.asarray(log_mel(resample(w, sr, MEL_SETTINGS["sample_rate"]), **MEL_SETTINGS), dtype=np.float32) for w in group)
         data: dict[str, Any] = {
-            "embedding": np.ascontiguousarray(out["embedding"], dtype=np.float32),
+            "embedding": np.ascontiguousarray(np.concatenate(embeddings)),
             "frames": np.concatenate(frames),
             "frame_offsets": np.concatenate([[0], np.cumsum([f.shape[0] for f in frames])]).astype(np.int64),
             "segments": [s.to_dict() for s in segments],
         }
         if self.settings.with_mel:
-            from sonalign.audio.io import resample
-            from sonalign.audio.mel import log_mel
-
-            sr = self.audio_encoder.sample_rate
-            mels = [np.asarray(log_mel(resample(w, sr, MEL_SETTINGS["sample_rate"]), **MEL_SETTINGS), dtype=np.float32) for w in waves]
             data["mel"] = np.concatenate(mels)
             data["mel_offsets"] = np.concatenate([[0], np.cumsum([m.shape[0] for m in mels])]).astype(np.int64)
         return data

@@ -92,9 +92,13 @@ class Indexer:
         segments = segment_for_index(path, recording_id, speech=self.speech)
         if not segments:
             raise AudioError(path, "no sound or speech found above the noise floor")
-        sr = self.embedder.sample_rate
-        waves = [load_audio(path, sr, start=s.start, duration=s.duration, allow_silent=True)[0] for s in segments]
-        vectors = self.embedder.embed_segments(waves)
+        from sonalign.cache.features import GROUP_SEGMENTS, SegmentWaves
+
+        waves = SegmentWaves(path, self.embedder.sample_rate, segments)
+        vectors = np.concatenate([
+            self.embedder.embed_segments([waves[i] for i in range(lo, min(lo + GROUP_SEGMENTS, len(segments)))])
+            for lo in range(0, len(segments), GROUP_SEGMENTS)
+        ])
         texts: list[str | None] = [None] * len(segments)
         extras: dict[str, np.ndarray] = {}
         speech_rows = [i for i, s in enumerate(segments) if s.custom.get("kind") == "speech"]
