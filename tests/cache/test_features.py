@@ -118,3 +118,22 @@ def test_real_nonverbal_subset(shared_data, tmp_path):
     clips = load_clips(shared_data / "nonverbal" / "manifest.jsonl", split="val")[:10]
     report = FeatureCache(tmp_path / "c", SETTINGS).extract(clips, show_progress=False)
     assert report.encoded == 10 and not report.failures
+
+
+def test_long_recordings_are_encoded_in_bounded_groups(tmp_path, make_wav, monkeypatch):
+    import sonalign.cache.features as features
+
+    monkeypatch.setattr(features, "EAGER_SECONDS", 5.0)  # treat this 30 s file as "long"
+    monkeypatch.setattr(features, "GROUP_SEGMENTS", 2)
+    wave = (0.2 * np.random.default_rng(0).standard_normal(8000 * 30)).astype(np.float32)
+    make_wav("long/a.wav", wave, 8000)
+    cache = FeatureCache(tmp_path / "c", FeatureSettings(audio_encoder="fake-audio", text_encoder="fake-text", segmenter="fixed", segmenter_options={"window": 5.0}))
+    sizes = []
+    original = cache.audio_encoder.encode
+    monkeypatch.setattr(cache.audio_encoder, "encode", lambda waves, **kw: sizes.append(len(waves)) or original(waves, **kw))
+    waves, segments = cache._load_segments(load_clips(tmp_path / "long")[0])
+    assert isinstance(waves, features.SegmentWaves)  # nothing decoded yet
+    data = cache.encode_segments(waves, segments)
+    assert sizes == [2, 2, 2] and data["embedding"].shape[0] == 6
+    eager = cache.encode_segments([waves[i] for i in range(6)], segments)
+    np.testing.assert_array_equal(data["embedding"], eager["embedding"])
