@@ -86,13 +86,30 @@ def section_load(d: dict) -> list[str]:
             f"{o['requests_per_s']} req/s, p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms."]
 
 
+def section_scaling(d: dict) -> list[str]:
+    lines = [f"Base collection: {d['base_minutes']} min of {', '.join(d['sets'])} clips, copied under new names; transcripts {'on' if d.get('transcripts', True) else 'off'}.", ""]
+    if d.get("index"):
+        lines += ["| factor | files | audio s | wall s | x real time | peak RSS MiB |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['factor']}x | {r['files']} | {r['audio_seconds']} | {r['wall_seconds']} | {r['x_realtime']} | {r['peak_rss_mib']} |" for r in d["index"]]
+        lines.append("")
+    lines += ["| vectors | index | build s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    lines += [f"| {r['vectors']} | {r['kind']} | {r['build_seconds']} | {r['p50_ms']} | {r['p99_ms']} |" for r in d.get("query", [])]
+    lines += ["", "| config | batch | ms per step |", "|---|---|---|"]
+    lines += [f"| {r['config']} | {r['batch_size']} | {r['step_ms']} |" for r in d.get("train", [])]
+    return lines
+
+
+def section_milvus(d: dict) -> list[str]:
+    return ["```json", json.dumps({k: v for k, v in d.items() if k not in ("machine", "benchmark")}, indent=1)[:3000], "```"]
+
+
 def section_generic(d: dict) -> list[str]:
     body = {k: v for k, v in d.items() if k not in ("machine", "benchmark")}
     return ["```json", json.dumps(body, indent=1)[:4000], "```"]
 
 
 RENDER = {"features": section_features, "encoders": section_encoders, "index": section_index, "index_no_transcripts": section_index,
-          "search": section_search, "load": section_load}
+          "search": section_search, "load": section_load, "scaling": section_scaling, "search_milvus": section_milvus}
 
 
 def main() -> None:
