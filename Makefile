@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all system-deps bench clean
+.PHONY: install demo test test-all test-slow system-deps clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ test: install
 # Slow and real-data tests too (CI runs these when time allows).
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# Only the tests marked slow (what .ci/run adds after `make test`).
+test-slow: install
+	$(PY) -m pytest -q -m slow
 
 # Optional system tools some tests use (they skip cleanly without them): espeak-ng makes speech,
 # Debian's chromium is the browser the web-page test drives (Playwright never downloads one).
