@@ -1,5 +1,5 @@
 """aisfx-cnn: safe checkpoint loading, numerical match with aisfx's own model, windows/frames/masks,
-determinism, and a speed measurement (slow)."""
+and determinism (speed is measured by bench/features.py and bench/encoders.py)."""
 
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ def evaluate_run(
                     result.metrics[f"snr{snr:g}/{key}"] = noisy_metrics[key]
         result.metadata["noise"] = {**bank.describe(), "names": bank.names[:20]}
     if probe_data is not None:
-        result.probe.update(probe_run(model, cache, probe_data, show_progress=show_progress))
+        result.probe.update(probe_run(model, cache, probe_data, show_progress=show_progress, head_labels=run_labels))
         for task, res in result.probe.items():
             for k, v in res.metrics.items():
                 result.metrics[f"probe/{task}/{k}"] = float(v)
@@ -137,8 +137,13 @@ def evaluate_run(
     return result
 
 
-def probe_run(model, cache: FeatureCache, probe_data: str | Path, *, show_progress: bool = True) -> dict[str, Any]:
-    """Linear probe on the model's audio embeddings (train split -> test split), and CALM's own head."""
+def probe_run(model, cache: FeatureCache, probe_data: str | Path, *, show_progress: bool = True, head_labels: list[str] | None = None) -> dict[str, Any]:
+    """Linear probe on the model's audio embeddings (train split -> test split), and CALM's own head.
+
+    The head is scored only when ``head_labels`` (the class order the run was trained with: its
+    resolved ``data.labels``) names exactly the probe set's classes: a head trained on other
+    classes, or never trained (a run without labels), is not this task's classifier.
+    """
     import torch
 
     from sonalign.evaluation.probe import linear_probe, unweighted_accuracy, weighted_accuracy
@@ -159,10 +164,13 @@ def probe_run(model, cache: FeatureCache, probe_data: str | Path, *, show_progre
     out: dict[str, Any] = {
         "linear": linear_probe(emb["train"], lab["train"], emb["test"], lab["test"], emb.get("val"), lab.get("val"))
     }
-    if hasattr(model, "classify") and getattr(model, "num_classes", None) == len(names):
+    has_head = hasattr(model, "classify") and getattr(model, "classifier", True) is not None
+    if has_head and head_labels and len(head_labels) == len(set(head_labels)) and set(map(str, head_labels)) == set(names):
         with torch.inference_mode():
             logits = torch.cat([model.classify(audio_batch(splits["test"].audio[i : i + 64], model_keys(model))) for i in range(0, len(splits["test"].audio), 64)])
-        pred = logits.argmax(1).numpy()
+        if logits.shape[1] != len(head_labels):
+            raise ConfigError(f"the model's head has {logits.shape[1]} outputs but the run names {len(head_labels)} classes")
+        pred = np.array([index[str(head_labels[j])] for j in logits.argmax(1).numpy()])  # head order -> probe order
         y = lab["test"]
         out["head"] = _HeadResult(ua=unweighted_accuracy(y, pred), wa=weighted_accuracy(y, pred))
     return out
