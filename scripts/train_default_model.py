@@ -24,16 +24,16 @@ DEST = ROOT / "src" / "sonalign" / "assets" / "default_model"
 CONFIG, EPOCHS, SEED, BATCH, LR = "clap-baseline", 40, 0, 32, 1e-3
 
 
-def combined_manifest(shared: Path, out: Path) -> Path:
+def combined_manifest(shared: Path, out: Path, exclude: tuple[str, ...] = ()) -> Path:
     sys.path.insert(0, str(ROOT / "src"))
     from sonalign.train.prompts import render
 
     rows = []
-    for line in (shared / "nonverbal" / "manifest.jsonl").open():
+    for line in ([] if "nonverbal" in exclude else (shared / "nonverbal" / "manifest.jsonl").open()):
         r = json.loads(line)
         if r["split"] in ("train", "val"):
             rows.append({"id": f"nonverbal/{r['id']}", "audio": str((shared / "nonverbal" / r["audio"]).resolve()), "split": r["split"], "captions": [render("sound", r["label"])]})
-    for line in (shared / "asterisk" / "manifest.jsonl").open():
+    for line in ([] if "asterisk" in exclude else (shared / "asterisk" / "manifest.jsonl").open()):
         r = json.loads(line)
         if r["split"] in ("train", "val"):
             rows.append({"id": f"asterisk/{r['id']}", "audio": str((shared / "asterisk" / r["audio"]).resolve()), "split": r["split"], "captions": [r["text"]]})
@@ -47,8 +47,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sonalign-default"))
+    parser.add_argument("--exclude", nargs="*", default=[], choices=["nonverbal", "asterisk"],
+                        help="leave a set out, e.g. nonverbal (CC BY-NC-ND) for weights free of its non-commercial terms")
     args = parser.parse_args()
-    manifest = combined_manifest(args.shared, args.workdir)
+    manifest = combined_manifest(args.shared, args.workdir, tuple(args.exclude))
     run = args.workdir / "run"
     command = ["sonalign", "train", "--config", CONFIG, "--data", str(manifest), "--out", str(run),
                "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--lr", str(LR), "--seed", str(SEED), "--patience", "8"]
@@ -82,6 +84,10 @@ trainer on real recordings. Used by `sonalign index` / `search` / `serve` when n
 * **Frozen encoders**: aisfx (Ma et al., ISMIR 2022; checkpoint CC BY 4.0) and all-MiniLM-L6-v2
   (Apache 2.0). Speech segments are additionally matched through their pocketsphinx transcripts
   (fused at search time; not part of this head).
+* **Licence caveat**: part of the training data (nonverbal) is CC BY-NC-ND 4.0, published for
+  non-commercial evaluation. Until a decision on derived weights is made, treat these weights as
+  non-commercial; `python scripts/train_default_model.py --exclude nonverbal` retrains without it
+  (sound-event quality then drops; telephone/speech prompts remain).
 * **Limits**: trained on ~30 minutes of vocalisations and telephone prompts only; it knows little
   about music, nature or urban sounds. Train your own with `sonalign train` and pass `--model RUN`.
 """
