@@ -132,3 +132,14 @@ def _committed(idx: Path) -> int:
             return conn.execute("SELECT COUNT(*) FROM recordings").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+def test_short_sound_without_background_is_one_whole_file_segment(tmp_path, fake_run):
+    t = np.arange(int(0.3 * 16000)) / 16000
+    write(tmp_path / "audio" / "beep.wav", (0.4 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32))
+    write(tmp_path / "audio" / "silent.wav", np.zeros(16000, np.float32))
+    report = build_index(tmp_path / "audio", tmp_path / "idx", model=str(fake_run), transcripts=False, show_progress=False)
+    assert report.added == 1 and [Path(p).name for p, _ in report.failures] == ["silent.wav"]
+    with IndexStore.open(tmp_path / "idx", readonly=True) as store:
+        (seg,) = store.recording_segments("beep")
+        assert seg.start == 0.0 and abs(seg.duration - 0.3) < 1e-3

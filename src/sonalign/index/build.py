@@ -14,6 +14,7 @@ second ("transcript") vector that search fuses with the acoustic score.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,17 @@ def overlap(a: Segment, b: Segment) -> float:
     return max(0.0, min(a.end, b.end) - max(a.start, b.start))
 
 
-def segment_for_index(path: str | Path, recording_id: str, *, speech: bool = True) -> list[Segment]:
-    """Sound chunks (energy gate) and speech chunks (silero-vad) of one file, ids in time order."""
+def segment_for_index(path: str | Path, recording_id: str, *, speech: bool = True, segmenters: dict[str, Any] | None = None) -> list[Segment]:
+    """Sound chunks (energy gate) and speech chunks (silero-vad) of one file, ids in time order.
+
+    Pass ``segmenters`` ({"energy": ..., "speech": ...}) to reuse instances across files: the
+    speech segmenter loads silero's model once per instance.
+    """
     from sonalign.segmenters import get_segmenter
 
-    sounds = get_segmenter("energy").segment_file(path, recording_id)
-    speech_segs = get_segmenter("speech").segment_file(path, recording_id) if speech else []
+    segmenters = segmenters or {}
+    sounds = (segmenters.get("energy") or get_segmenter("energy")).segment_file(path, recording_id)
+    speech_segs = (segmenters.get("speech") or get_segmenter("speech")).segment_file(path, recording_id) if speech else []
     kept = [s for s in sounds if sum(overlap(s, v) for v in speech_segs) < 0.5 * s.duration]
     for s in kept:
         s.custom["kind"] = "sound"
@@ -77,6 +83,9 @@ class Indexer:
         self.embedder = get_embedder(model)
         self.transcripts = transcripts
         self.speech = speech
+        from sonalign.segmenters import get_segmenter
+
+        self.segmenters = {"energy": get_segmenter("energy"), "speech": get_segmenter("speech")}
         self._asr = None
         self._text = None
 
@@ -88,13 +97,26 @@ class Indexer:
             self._text = get_text_encoder(TRANSCRIPT_ENCODER)
         return self._asr, self._text
 
-    def embed_file(self, path: Path, recording_id: str) -> tuple[list[Segment], np.ndarray, list[str | None], dict[str, np.ndarray]]:
-        segments = segment_for_index(path, recording_id, speech=self.speech)
-        if not segments:
-            raise AudioError(path, "no sound or speech found above the noise floor")
-        from sonalign.cache.features import GROUP_SEGMENTS, SegmentWaves
+    def prepare(self, path: Path, recording_id: str) -> tuple[list[Segment], Any]:
+        """Segment one file and make its segment waves ready (I/O and VAD: runs in a prefetch thread)."""
+        from sonalign.cache.features import EAGER_SECONDS, SegmentWaves
 
+        segments = segment_for_index(path, recording_id, speech=self.speech, segmenters=self.segmenters)
+        if not segments:
+            # Not silent (the segmenters raise for that) but no quieter background to gate against,
+            # e.g. a 0.2 s beep: the whole file is one sound segment.
+            info = audio_info(path)
+            segments = [Segment(segment_id(recording_id, 0), recording_id, 0.0, info.duration, custom={"kind": "sound", "whole_file": True})]
         waves = SegmentWaves(path, self.embedder.sample_rate, segments)
+        if sum(s.duration for s in segments) <= EAGER_SECONDS:
+            waves = [waves[i] for i in range(len(segments))]
+        return segments, waves
+
+    def embed_file(self, path: Path, recording_id: str, prepared: tuple[list[Segment], Any] | None = None
+                   ) -> tuple[list[Segment], np.ndarray, list[str | None], dict[str, np.ndarray]]:
+        from sonalign.cache.features import GROUP_SEGMENTS
+
+        segments, waves = prepared or self.prepare(path, recording_id)
         vectors = np.concatenate([
             self.embedder.embed_segments([waves[i] for i in range(lo, min(lo + GROUP_SEGMENTS, len(segments)))])
             for lo in range(0, len(segments), GROUP_SEGMENTS)
@@ -157,13 +179,19 @@ def build_index(
         report.unchanged = len(wanted) - len(todo)
         indexer = Indexer(store, model, transcripts=transcripts)
         last_commit, since_commit = time.monotonic(), 0
-        with progress(len(todo), "indexing", disable=not show_progress or not todo) as bar:
-            for path, f, h in todo:
+        rid_of = lambda f: recording_id_for(f.resolve(), base.resolve() if base else None)  # noqa: E731
+        with progress(len(todo), "indexing", disable=not show_progress or not todo) as bar, ThreadPoolExecutor(max_workers=1) as pool:
+            # The next file is segmented (decode + VAD) while this one is embedded.
+            ahead = [pool.submit(indexer.prepare, f, rid_of(f)) for _, f, _ in todo[:1]]
+            for n, (path, f, h) in enumerate(todo):
+                if n + 1 < len(todo):
+                    ahead.append(pool.submit(indexer.prepare, todo[n + 1][1], rid_of(todo[n + 1][1])))
                 try:
+                    prepared = ahead[n].result()
+                    ahead[n] = None
                     info = audio_info(f)
-                    rid = recording_id_for(f.resolve(), base.resolve() if base else None)
-                    segments, vectors, texts, extras = indexer.embed_file(f, rid)
-                    store.upsert_recording(RecordingInfo(path=path, content_hash=h, duration=info.duration, sample_rate=info.sample_rate, id=rid),
+                    segments, vectors, texts, extras = indexer.embed_file(f, rid_of(f), prepared)
+                    store.upsert_recording(RecordingInfo(path=path, content_hash=h, duration=info.duration, sample_rate=info.sample_rate, id=rid_of(f)),
                                            segments, vectors, texts, extras or None)
                     report.updated += path in indexed
                     report.added += path not in indexed
