@@ -8,6 +8,7 @@ import torch
 from sonalign.errors import ConfigError
 from sonalign.models import create_model
 from sonalign.models.calm import CALM
+from model_checks import params_without_finite_grad
 
 
 @pytest.fixture(autouse=True)
@@ -83,10 +84,7 @@ def test_forward_finite_losses_with_and_without_labels():
 
 
 def test_every_trainable_parameter_gets_a_finite_gradient():
-    model = _model().train()
-    model(random_batch())["loss"].backward()
-    bad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
-    assert bad == []
+    assert params_without_finite_grad(_model(), random_batch()) == []
 
 
 def test_short_training_lowers_the_loss():

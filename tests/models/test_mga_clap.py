@@ -7,6 +7,7 @@ import torch
 
 from sonalign.models import create_model
 from sonalign.models.mga_clap import MGAClap
+from model_checks import params_without_finite_grad, train_briefly
 
 
 @pytest.fixture(autouse=True)
@@ -74,28 +75,14 @@ def test_forward_finite_loss_and_sparse_code_weights():
 
 
 def test_every_trainable_parameter_gets_a_finite_gradient():
-    model = _model().train()
-    model(random_batch())["loss"].backward()
-    bad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
-    assert bad == []
+    assert params_without_finite_grad(_model(), random_batch()) == []
 
 
 def test_short_training_lowers_the_loss():
     model = _model(dropout=0.0)
     data = paired_set()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.eval()
+    initial, final = train_briefly(model, data, 25)
     with torch.no_grad():
-        initial = model(data)["loss"].item()
-    model.train()
-    for _ in range(25):
-        loss = model(data)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        final = model(data)["loss"].item()
         sim = model.similarity(model.encode_audio(data), model.encode_text(data))
     assert final < 0.7 * initial, (initial, final)
     assert (sim.argmax(1) == torch.arange(16)).float().mean() >= 0.9
