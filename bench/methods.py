@@ -233,9 +233,14 @@ def extraction_jobs(specs: list[TrainSpec], refs: bool, asr_emodb: bool = False)
 
 
 def _init_worker(threads: int) -> None:
+    import warnings
+
     import torch
 
     torch.set_num_threads(threads)
+    # the probe's C search scores val predictions with balanced accuracy; a class missing from a
+    # small val split only triggers this warning, once per C, in every log line otherwise
+    warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
 
 
 def _extract_job(settings: dict[str, Any], source: str, split: str | None, shard: int, n_shards: int, cache_dir: str, noise: str | None,
@@ -676,7 +681,9 @@ def verdicts(table: dict[str, Any], group: str, key: str, higher: bool = True) -
             continue
         diff = (st["mean"] - base["mean"]) * (1 if higher else -1)
         spread = math.sqrt((st["std"] or 0) ** 2 + (base["std"] or 0) ** 2)
-        (better if diff > spread else not_better).append(f"{method} ({'+' if diff >= 0 else ''}{diff:.3f}{' within seed spread' if 0 < diff <= spread else ''})")
+        single = min(st["n"], base["n"]) < 2
+        note = " (one seed: no spread)" if single else (" (within the seeds' spread)" if 0 < diff <= spread else "")
+        (better if diff > spread and not single else not_better).append(f"{method} ({'+' if diff >= 0 else ''}{diff:.3f}{note})")
     return better, not_better
 
 
