@@ -791,7 +791,7 @@ def write_docs(payload: dict[str, Any], md_path: Path, png_dir: Path, png_prefix
         "says so for these settings only.",
         "* Frozen encoders: `aisfx-cnn` audio (512-d, fixed 5 s segments), `minilm-l6` text; `pocketsphinx` cascade where named. CALM "
         "reads 64-bin log-mels through its own SpecTran, so the audio-encoder choice does not apply to it: it is run once per task.",
-        f"* Data: `../shared/data/{{nonverbal,asterisk,fsdd,emodb}}/manifest.jsonl`, fixed splits (train → training, val → early stopping, "
+        "* Data: `../shared/data/{nonverbal,asterisk,fsdd,emodb}/manifest.jsonl`, fixed splits (train → training, val → early stopping, "
         "test → every number below). Nonverbal test 162 clips / 16 classes, asterisk test 118 clips, fsdd test 300 clips "
         "(takes 0-4 of 6 speakers), emodb test 120 clips (speakers 03, 16).",
         "* Retrieval conventions (sonalign's evaluator): for transcripts each text queries all test clips (t2a) and each clip all texts "

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 from safetensors.numpy import load_file
 
 from sonalign.cache.features import FeatureCache, FeatureSettings, extract_features
@@ -35,6 +34,7 @@ def test_extract_then_nothing_to_do_and_bit_identical(tmp_path, make_wav):
     view = {p.name: p.stat().st_mtime_ns for p in (out / "views").rglob("*")}
     second = extract_features(manifest, out, SETTINGS, show_progress=False)
     assert second.nothing_done and second.cached == 4
+    assert {f: f.read_bytes() for f in files} == before  # per-recording files untouched
     assert {p.name: p.stat().st_mtime_ns for p in (out / "views").rglob("*")} == view  # nothing rewritten
     # a fresh cache folder gives bit-identical vectors
     third = extract_features(manifest, tmp_path / "cache2", SETTINGS, show_progress=False)
@@ -99,8 +99,7 @@ def test_bad_files_are_reported_and_the_rest_processed(tmp_path, make_wav):
     assert sum(1 for _ in next(errors).open()) == 4
 
 
-def test_changing_segmenter_settings_changes_the_key(tmp_path, make_wav):
-    manifest = _source(tmp_path, make_wav, n=1)
+def test_changing_segmenter_settings_changes_the_key(tmp_path):
     a = FeatureCache(tmp_path / "cache", SETTINGS)
     b = FeatureCache(tmp_path / "cache", FeatureSettings(audio_encoder="fake-audio", text_encoder="fake-text", segmenter="energy"))
     assert a.audio_key != b.audio_key

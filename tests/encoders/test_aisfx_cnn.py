@@ -4,7 +4,6 @@ and determinism (speed is measured by bench/features.py and bench/encoders.py)."
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from sonalign.evaluation.run import evaluate_run
 from sonalign.train.trainer import TrainSettings, train

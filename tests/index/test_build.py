@@ -114,7 +114,6 @@ def test_kill_9_midway_then_rerun_is_consistent(tmp_path, fake_run):
     report = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False)
     assert report.added + report.unchanged == 12 and not report.failures
     with IndexStore.open(idx, readonly=True) as store:
-        stats = store.stats()
         assert len(store.recordings()) == 12
         assert store.stats()["counts"]["segments"] == 36  # 3 events per file: no duplicate, none lost
         ids = [s.id for r in store.recordings() for s in store.recording_segments(Path(r).stem)]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sonalign.audio.io import audio_info, find_audio_files, load_audio
-from sonalign.errors import AudioError, SonalignError
+from sonalign.errors import SonalignError
 from sonalign.index.embedders import get_embedder
 from sonalign.index.store import IndexStore, RecordingInfo
 from sonalign.pipeline import recording_id_for

@@ -59,6 +59,7 @@ import numpy as np
 from sonalign.errors import ConfigError, IndexCorruptError
 from sonalign.index.vectors import (
     _ID_LIMIT,
+    check_queries,
     DEFAULT_EF_SEARCH,
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
@@ -593,17 +594,7 @@ class MilvusIndex:
         ``expr`` is any Milvus boolean expression over ``row_id`` and ``path`` (not evaluated on staged
         adds: :meth:`save` first). Padded with ``-inf`` / ``-1`` when fewer than ``k`` qualify.
         """
-        q = np.asarray(queries)
-        if q.ndim == 1:
-            q = q[None, :]
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"queries must have shape (nq, {self.dim}), got {np.asarray(queries).shape}")
-        k = int(k)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if not np.isfinite(q).all():
-            raise ValueError("queries contain NaN or infinite values")
-        q = normalize(q)
+        q, k = check_queries(queries, self.dim, k)
         nq = q.shape[0]
         filters = []
         if path_prefix is not None:

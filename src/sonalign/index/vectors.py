@@ -129,6 +129,24 @@ class _Guard:
             c.notify_all()
 
 
+def check_queries(queries: np.ndarray, dim: int, k: int) -> tuple[np.ndarray, int]:
+    """Validate a search request: ``(nq, dim)`` (or ``(dim,)``) finite queries and ``k >= 1``.
+
+    Returns the L2-normalised ``(nq, dim)`` queries and ``k`` as an int; shared by every backend.
+    """
+    q = np.asarray(queries)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ValueError(f"queries must have shape (nq, {dim}), got {np.asarray(queries).shape}")
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not np.isfinite(q).all():
+        raise ValueError("queries contain NaN or infinite values")
+    return normalize(q), k
+
+
 class FaissIndex:
     """Inner-product index over normalised vectors; flat below ``hnsw_threshold`` vectors, HNSW above.
 
@@ -330,17 +348,7 @@ class FaissIndex:
 
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product of normalised vectors; ``allowed_ids`` restricts the candidates."""
-        q = np.asarray(queries)
-        if q.ndim == 1:
-            q = q[None, :]
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"queries must have shape (nq, {self.dim}), got {np.asarray(queries).shape}")
-        k = int(k)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if not np.isfinite(q).all():
-            raise ValueError("queries contain NaN or infinite values")
-        q = normalize(q)
+        q, k = check_queries(queries, self.dim, k)
         nq = q.shape[0]
         if nq > SMALL_BATCH:
             return self._search(q, k, allowed_ids)
