@@ -2,15 +2,16 @@
 index size, training step time against batch size. Writes bench/results/scaling.json,
 docs/scaling.png and the figures section of docs/performance.md.
 
-* indexing: a base collection of real files from ../shared/data (``--base-minutes`` of audio taken
-  in manifest order from ``--sets``), copied 1x, 2x, 4x, 8x under new names, indexed from scratch
+* indexing: a base collection of real files from ../shared/data (every clip of ``--sets``, by
+  default all four labelled sets, or ``--base-minutes`` of audio taken in manifest order), copied
+  1x, 2x, 4x, 8x under new names, indexed from scratch
   with the default model, each size in its own process (so peak RSS is its own);
 * query latency: the faiss index on synthetic normalised 256-d vectors at 10k..1M (exact below the
   HNSW threshold, HNSW above), p50/p99 of single queries;
 * training: one optimizer step of each model on synthetic batches of 8..256 pairs (cached-feature
   shapes: 512-d audio, 384-d text, 12 segments, 60 frames, 20 tokens).
 
-    python bench/scaling.py [--base-minutes 5] [--factors 1 2 4 8] [--skip-index]
+    python bench/scaling.py [--sets ...] [--base-minutes M] [--factors 1 2 4 8] [--skip-index] [--no-transcripts]
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, peak_rss_mib, require_shared, write_results  # noqa: E402
 
 
-def make_collection(sets: list[str], minutes: float, factor: int, out: Path) -> float:
+def make_collection(sets: list[str], minutes: float | None, factor: int, out: Path) -> float:
+    """``factor`` renamed copies of the sets' clips (all of them, or the first ``minutes`` of audio)."""
     from sonalign.data.readers import load_clips
 
     total, chosen = 0.0, []
     for s in sets:
         for clip in load_clips(require_shared(s) / "manifest.jsonl"):
-            if total >= minutes * 60 * (sets.index(s) + 1) / len(sets):
+            if minutes is not None and total >= minutes * 60 * (sets.index(s) + 1) / len(sets):
                 break
             chosen.append(Path(clip.audio))
             total += clip.duration or 0.0
@@ -155,8 +157,8 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", nargs="+", default=["asterisk", "nonverbal"])
-    parser.add_argument("--base-minutes", type=float, default=5.0)
+    parser.add_argument("--sets", nargs="+", default=["asterisk", "nonverbal", "fsdd", "emodb"])
+    parser.add_argument("--base-minutes", type=float, default=None, help="audio per 1x (default: every clip of --sets, i.e. 1x = ../shared/data)")
     parser.add_argument("--factors", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[8, 32, 128, 256])
@@ -168,7 +170,7 @@ def main() -> None:
     if args.part:
         print(json.dumps(index_part(args.part, not args.no_transcripts)))
         return
-    results: dict = {"base_minutes": args.base_minutes, "sets": args.sets, "transcripts": not args.no_transcripts}
+    results: dict = {"command": "python " + " ".join(sys.argv), "base_minutes": args.base_minutes, "sets": args.sets, "transcripts": not args.no_transcripts}
     if not args.skip_index:
         results["index"] = []
         for factor in args.factors:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import datetime, timezone
 import os
 import platform
 import sys
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results = [run_size(n, args) for n in args.sizes]
     machine["load_avg_at_end"] = list(os.getloadavg())
-    report = {"machine": machine, "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "results": results}
+    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": "python " + " ".join(sys.argv), "machine": machine, "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 

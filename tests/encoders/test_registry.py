@@ -41,7 +41,7 @@ def test_builtins_are_cached_cheap_and_follow_the_protocols():
     from sonalign.encoders.minilm import MiniLML6
     from sonalign.encoders.pocketsphinx_asr import PocketsphinxASR
 
-    assert AisfxCNN()._trunk is None and MiniLML6()._model is None and PocketsphinxASR()._decoder is None
+    assert AisfxCNN()._trunk is None and MiniLML6()._model is None and PocketsphinxASR()._transcriber._decoder is None
 
 
 def test_hf_prefix_goes_to_the_hf_factory(tmp_path):

@@ -142,3 +142,48 @@ def test_short_sound_without_background_is_one_whole_file_segment(tmp_path, fake
     with IndexStore.open(tmp_path / "idx", readonly=True) as store:
         (seg,) = store.recording_segments("beep")
         assert seg.start == 0.0 and abs(seg.duration - 0.3) < 1e-3
+
+
+def test_grouped_files_get_the_segments_and_vectors_of_one_file_at_a_time(tmp_path, fake_run, monkeypatch):
+    """Short files share VAD and CNN batches; each still gets exactly its own segments and vectors."""
+    from sonalign.index import build
+    from sonalign.index.embedders import get_embedder
+
+    folder = tmp_path / "audio"
+    for i in range(5):
+        wave, _ = events([300 + 150 * i, 900], seed=i)
+        write(folder / f"f{i}.wav", wave, sr=[16000, 22050, 16000, 44100, 8000][i])
+    monkeypatch.setattr(build, "GROUP_FILES", 3)  # groups of 3 + 2
+    idx = tmp_path / "idx"
+    assert len(build.plan_groups(sorted(folder.iterdir()))) == 2
+    report = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False)
+    assert report.added == 5 and not report.failures
+    store = IndexStore.open(idx, readonly=True)
+    embedder = get_embedder(str(fake_run))
+    try:
+        for i in range(5):
+            path = folder / f"f{i}.wav"
+            alone = segment_for_index(path, f"f{i}")
+            rows = store.recording_segments(f"f{i}")
+            assert [(r.id, round(r.start, 4), round(r.duration, 4), r.kind) for r in rows] == \
+                [(s.id, round(s.start, 4), round(s.duration, 4), s.custom["kind"]) for s in alone]
+            from sonalign.audio.io import load_audio
+
+            expected = embedder.embed_segments([load_audio(path, embedder.sample_rate, start=s.start, duration=s.duration)[0] for s in alone])
+            _, got = store.vectors([r.row_id for r in rows])
+            np.testing.assert_allclose(got, expected, atol=1e-5)
+    finally:
+        store.close()
+
+
+def test_long_file_is_streamed_in_its_own_group(tmp_path, monkeypatch):
+    from sonalign.index import build
+
+    for i, seconds in enumerate([2.0, 3.0, 4.0, 2.0]):
+        write(tmp_path / f"{i}.wav", np.zeros(int(seconds * 16000), np.float32) + 0.01)
+    monkeypatch.setattr(build, "SHORT_FILE_SECONDS", 3.5)
+    monkeypatch.setattr(build, "GROUP_SECONDS", 4.5)
+    assert build.plan_groups([tmp_path / f"{i}.wav" for i in range(4)]) == [[0], [1], [2], [3]]
+    monkeypatch.setattr(build, "GROUP_SECONDS", 5.0)
+    assert build.plan_groups([tmp_path / f"{i}.wav" for i in range(4)]) == [[0, 1], [2], [3]]
+    assert build.plan_groups([tmp_path / "missing.wav", tmp_path / "0.wav"]) == [[0, 1]]  # errors are reported later, per file

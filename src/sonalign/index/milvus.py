@@ -686,7 +686,7 @@ class MilvusBackend:
         self.index_uuid = str(index_uuid)
         self.readonly = readonly
         self.path_lookup = path_lookup
-        self.options = {k: v for k, v in (options or {}).items() if k in ("ef_search", "consistency", "index_type", "m", "ef_construction")}
+        self.options = {k: v for k, v in (options or {}).items() if k in ("ef_search", "consistency", "index_type", "m", "ef_construction") and v is not None}
         connect(self.uri)
 
     def collection(self, name: str) -> str:

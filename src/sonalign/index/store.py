@@ -52,7 +52,7 @@ import numpy as np
 
 from sonalign.errors import ConfigError, IndexCorruptError
 from sonalign.index.metadata import REBUILD_HINT, MetadataDB, RecordingRow, SegmentRow
-from sonalign.index.vectors import DEFAULT_EF_SEARCH, DEFAULT_HNSW_THRESHOLD, FaissIndex, file_tag, normalize
+from sonalign.index.vectors import DEFAULT_HNSW_THRESHOLD, FaissIndex, file_tag, normalize
 from sonalign.segments import Segment
 from sonalign.utils.atomic import atomic_write_text
 
@@ -130,7 +130,7 @@ class IndexStore:
         dim: int | None = None,
         settings: dict[str, Any] | None = None,
         hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
-        ef_search: int = DEFAULT_EF_SEARCH,
+        ef_search: int | None = None,
         lock_timeout: float = 10.0,
         backend: str | None = None,
         uri: str | None = None,
@@ -236,6 +236,9 @@ class IndexStore:
         ``reuse``: in-memory indexes whose tag already matches SQLite are kept instead of re-read.
         Files are rewritten only outside a transaction, so a vector file never holds uncommitted rows.
         """
+        # The generation is read first: a writer committing while this runs makes what is loaded
+        # newer than the label (reloaded once more at the next refresh), never older.
+        generation = int(self.db.get_meta("generation") or 0)
         uid = self.db.get_meta("index_uuid")
         vgens = self.db.get_meta("vector_generations") or {}
         counts = self.db.counts()
@@ -271,7 +274,7 @@ class IndexStore:
             indexes[name] = index
         self._indexes = indexes
         self._dirty = set()
-        self._loaded_generation = int(self.db.get_meta("generation") or 0)
+        self._loaded_generation = generation
         if self.readonly:
             return
         if self.db.in_transaction:
