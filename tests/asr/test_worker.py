@@ -28,3 +28,11 @@ def test_worker_process_equals_in_process(prompts):
         assert worker.submit([]).result() == []
     assert "person" in expected[1] or "conference" in expected[1], expected
     assert expected[2] == ""
+
+
+def test_several_workers_keep_the_order(prompts):
+    waves = [prompts[1], prompts[0], prompts[2], prompts[0], prompts[1]]
+    with TranscriptWorker(fast=True, in_process=True) as local:
+        expected = local.submit(waves).result()
+    with TranscriptWorker(fast=True, workers=3) as worker:
+        assert worker.submit(waves).result(timeout=120) == expected

@@ -1,8 +1,10 @@
 """Transcription in a worker process, so pocketsphinx (one core, single-threaded) runs while the
 main process embeds audio with the CNN on the other cores.
 
-``TranscriptWorker(fast=True)`` starts one spawned process on first use; ``submit(waves)``
-returns a handle whose ``result()`` is the list of transcripts. The worker needs numpy and
+``TranscriptWorker(fast=True)`` starts its spawned processes on first use (``workers``, default
+one per CPU core, at most 4: pocketsphinx is the slowest step of indexing speech, and while the
+CNN waits for it the cores would otherwise idle); ``submit(waves)`` splits the waves over the
+workers and returns a handle whose ``result()`` is the list of transcripts, in order. The worker needs numpy and
 pocketsphinx only (no torch). Where the process cannot be started or dies (a sandbox without
 process creation; a parent run from stdin, which ``spawn`` cannot re-import), the transcripts
 are computed in the calling process instead, with the same results, and a warning says so once.
@@ -11,6 +13,7 @@ are computed in the calling process instead, with the same results, and a warnin
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -36,22 +39,23 @@ def _transcribe_many(waves: list[np.ndarray]) -> list[str]:
 class PendingTranscripts:
     """The transcripts of one :meth:`TranscriptWorker.submit`, in the order of its waves."""
 
-    def __init__(self, worker: TranscriptWorker, waves: list[np.ndarray], future: Future | None):
-        self._worker, self._waves, self._future = worker, waves, future
+    def __init__(self, worker: TranscriptWorker, waves: list[np.ndarray], futures: list[Future] | None):
+        self._worker, self._waves, self._futures = worker, waves, futures
 
     def result(self, timeout: float | None = None) -> list[str]:
-        if self._future is not None:
+        if self._futures is not None:
             try:
-                return self._future.result(timeout)
+                return [t for f in self._futures for t in f.result(timeout)]
             except BrokenProcessPool as exc:
                 self._worker._fall_back(exc)
         return self._worker._local().transcribe_many(self._waves)
 
 
 class TranscriptWorker:
-    def __init__(self, fast: bool = True, *, in_process: bool = False):
+    def __init__(self, fast: bool = True, *, in_process: bool = False, workers: int | None = None):
         self.fast = fast
         self.in_process = in_process
+        self.workers = max(1, int(workers if workers is not None else min(4, os.cpu_count() or 1)))
         self._pool: ProcessPoolExecutor | None = None
         self._transcriber: Transcriber | None = None
 
@@ -61,8 +65,11 @@ class TranscriptWorker:
             return PendingTranscripts(self, waves, None)
         try:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=_init, initargs=(self.fast,))
-            return PendingTranscripts(self, waves, self._pool.submit(_transcribe_many, waves))
+                self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"), initializer=_init, initargs=(self.fast,))
+            # contiguous parts of about equal audio length, one per worker
+            bounds = np.searchsorted(np.cumsum([w.size for w in waves]), np.linspace(0, sum(w.size for w in waves), self.workers + 1)[1:-1])
+            parts = [p for p in np.split(np.arange(len(waves)), bounds) if p.size]
+            return PendingTranscripts(self, waves, [self._pool.submit(_transcribe_many, [waves[i] for i in p]) for p in parts])
         except (OSError, RuntimeError, BrokenProcessPool) as exc:
             self._fall_back(exc)
             return PendingTranscripts(self, waves, None)
