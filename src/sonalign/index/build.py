@@ -265,6 +265,9 @@ def build_index(
 
     ``backend="milvus"``, ``uri=...``: keep the vectors in a Milvus server (see :mod:`sonalign.index.milvus`).
     """
+    from sonalign.utils.memory import limit_heap_fragmentation
+
+    limit_heap_fragmentation()
     started = time.perf_counter()
     root = Path(root)
     files = find_audio_files(root)

