@@ -203,7 +203,7 @@ class SpeechSegmenter(Segmenter):
             while n_pending >= chunk:
                 stacked = np.concatenate(pending)
                 flush(stacked[:chunk])
-                pending, n_pending = [stacked[chunk:]], n_pending - chunk
+                pending, n_pending = [stacked[chunk:].copy()], n_pending - chunk  # not a view that keeps `stacked` alive
         for tail in framer.tail():  # at most one: hop == length; zero-padded as get_speech_timestamps does
             levels.append(frame_mean_square(tail))
             padded = np.zeros((1, WINDOW), dtype=np.float32)
@@ -327,16 +327,17 @@ def _streams(frames: np.ndarray, history: np.ndarray, file_start: bool) -> list[
     """Cut consecutive windows into stream jobs of ``STREAM_WINDOWS`` for :meth:`SpeechSegmenter._run_streams`.
 
     Every stream but the file's first is primed with the ``WARMUP_WINDOWS`` windows before it
-    (from ``history``, the windows preceding ``frames``, where it starts the chunk).
+    (from ``history``, the windows preceding ``frames``, where it starts the chunk). Jobs are views
+    of ``frames`` except the chunk's first, so a super-chunk is not copied here.
     """
-    ext = np.concatenate([history[-WARMUP_WINDOWS:], frames]) if len(history) else frames
-    offset = len(ext) - len(frames)
     jobs = []
     for start in range(0, len(frames), STREAM_WINDOWS):
         stop = min(len(frames), start + STREAM_WINDOWS)
-        if start == 0 and file_start:
+        if start >= WARMUP_WINDOWS:
+            jobs.append((frames[start - WARMUP_WINDOWS : stop], WARMUP_WINDOWS))
+        elif start == 0 and file_start:
             jobs.append((frames[:stop], 0))
         else:
-            lo = max(0, offset + start - WARMUP_WINDOWS)
-            jobs.append((ext[lo : offset + stop], offset + start - lo))
+            before = np.concatenate([history[len(history) - (WARMUP_WINDOWS - start) :] if WARMUP_WINDOWS > start else history[:0], frames[:start]])
+            jobs.append((np.concatenate([before, frames[start:stop]]), len(before)))
     return jobs
