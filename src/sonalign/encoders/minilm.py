@@ -45,10 +45,9 @@ def model_dir() -> Path:
 
 
 def _weights_file(path: Path) -> Path:
-    for name in ("model.safetensors",):
-        if (path / name).is_file():
-            return path / name
-    raise ConfigError(f"minilm-l6: no weights (model.safetensors) in {path}")
+    if not (path / "model.safetensors").is_file():
+        raise ConfigError(f"minilm-l6: no weights (model.safetensors) in {path}")
+    return path / "model.safetensors"
 
 
 @register_text_encoder("minilm-l6", "all-MiniLM-L6-v2 sentence encoder (384-d, mean pooling, max 128 word pieces)")

@@ -44,8 +44,6 @@ class PocketsphinxASR:
     name = "pocketsphinx"
     sample_rate = SAMPLE_RATE
 
-    FAST_OPTIONS = FAST_OPTIONS
-
     def __init__(self, text_encoder: str = "minilm-l6", fast: bool = False):
         self.text_encoder_name = text_encoder
         self.fast = bool(fast)
@@ -73,7 +71,7 @@ class PocketsphinxASR:
             "dict_sha256": sha256_file(files["dict"]),
             "text_encoder": self.text_encoder.settings(),
             "empty_transcript": "embed-empty-string",
-            "fast": self.FAST_OPTIONS if self.fast else None,
+            "fast": FAST_OPTIONS if self.fast else None,
             "dim": self.dim,
         }
 

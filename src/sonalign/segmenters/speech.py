@@ -326,18 +326,18 @@ class SpeechSegmenter(Segmenter):
 def _streams(frames: np.ndarray, history: np.ndarray, file_start: bool) -> list[tuple[np.ndarray, int]]:
     """Cut consecutive windows into stream jobs of ``STREAM_WINDOWS`` for :meth:`SpeechSegmenter._run_streams`.
 
-    Every stream but the file's first is primed with the ``WARMUP_WINDOWS`` windows before it
-    (from ``history``, the windows preceding ``frames``, where it starts the chunk). Jobs are views
-    of ``frames`` except the chunk's first, so a super-chunk is not copied here.
+    Every stream but the file's first is primed with the ``WARMUP_WINDOWS`` windows before it:
+    inside ``frames`` a view reaches back, the chunk's first stream takes them from ``history`` (the
+    windows preceding ``frames``), so a super-chunk is not copied here.
     """
     jobs = []
     for start in range(0, len(frames), STREAM_WINDOWS):
         stop = min(len(frames), start + STREAM_WINDOWS)
-        if start >= WARMUP_WINDOWS:
+        if start:  # STREAM_WINDOWS > WARMUP_WINDOWS: the warm-up lies inside ``frames``
             jobs.append((frames[start - WARMUP_WINDOWS : stop], WARMUP_WINDOWS))
-        elif start == 0 and file_start:
+        elif file_start:
             jobs.append((frames[:stop], 0))
         else:
-            before = np.concatenate([history[len(history) - (WARMUP_WINDOWS - start) :] if WARMUP_WINDOWS > start else history[:0], frames[:start]])
-            jobs.append((np.concatenate([before, frames[start:stop]]), len(before)))
+            warmup = history[-WARMUP_WINDOWS:]
+            jobs.append((np.concatenate([warmup, frames[:stop]]), len(warmup)))
     return jobs
