@@ -154,3 +154,26 @@ def test_options_and_settings(enc):
     s = enc.settings()
     json.dumps(s)
     assert len(s["weights_sha256"]) == 12 and s["sample_rate"] == 44100 and s["peak_normalise"] == "segment"
+
+
+@pytest.mark.parametrize("backend", ["channels_last", "dense", "mkldnn"])
+def test_every_backend_is_the_reference_function(enc, backend):
+    """Window lengths 8-100 frames (partial last windows) and several batch sizes."""
+    net = enc.load_reference_net()
+    trunk = ax.FusedTrunk(net, backend=backend)
+    assert trunk.backend in (backend, "channels_last")  # mkldnn may fall back
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for frames, batch in [(8, 1), (40, 5), (96, 1), (100, 5)]:
+            spec = torch.rand(batch, frames, 96, generator=gen)
+            ref = net.frames(spec)
+            out = trunk(spec)
+            assert out.shape == ref.shape == (batch, 512, frames // 8)
+            assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_default_backend_and_unknown_backend(enc):
+    net = enc.load_reference_net()
+    assert ax.FusedTrunk(net).backend == "channels_last"
+    with pytest.raises(ValueError, match="unknown backend"):
+        ax.FusedTrunk(net, backend="winograd")
