@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -58,7 +59,8 @@ def index_part(folder: str, transcripts: bool = True) -> dict:
         report = build_index(folder, Path(tmp) / "idx", show_progress=False, transcripts=transcripts)
         wall = time.perf_counter() - started
     return {"files": report.files, "segments": report.segments, "audio_seconds": round(report.audio_seconds, 1), "wall_seconds": round(wall, 2),
-            "x_realtime": round(report.audio_seconds / wall, 2), "peak_rss_mib": round(peak_rss_mib(), 1)}
+            "x_realtime": round(report.audio_seconds / wall, 2), "peak_rss_mib": round(peak_rss_mib(), 1),
+            "worker_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
 
 
 def query_latency(sizes: list[int], dim: int = 256, queries: int = 200) -> list[dict]:

@@ -21,7 +21,7 @@ def main(folder: str, idx: str, run: str) -> None:
 
     build.COMMIT_EVERY_FILES = 1  # commit after every file so a kill lands between commits too
     build.GROUP_FILES = 1  # one file per group: commits spread over the run, not in one burst per group
-    build.build_index(folder, idx, model=run, transcripts=False, show_progress=False)
+    build.build_index(folder, idx, model=run, transcripts=False, show_progress=False, workers=1)  # fakes live in this process
 
 
 if __name__ == "__main__":

@@ -63,15 +63,15 @@ def test_incremental_updates_and_failures(tmp_path, fake_run):
         write(folder / f"r{i}.wav", events([300 + 200 * i, 900], seed=i)[0])
     (folder / "broken.wav").write_bytes(b"RIFF....not audio at all")
     idx = tmp_path / "idx"
-    first = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False)
+    first = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False, workers=1)
     assert (first.added, first.updated, first.removed) == (3, 0, 0)
     assert [Path(p).name for p, _ in first.failures] == ["broken.wav"]
-    again = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False)
+    again = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False, workers=1)
     assert (again.added, again.updated, again.unchanged) == (0, 0, 3)
     write(folder / "r0.wav", events([500, 700, 1100], seed=9)[0])  # changed
     (folder / "r1.wav").unlink()  # deleted
     write(folder / "sub" / "new.wav", events([1500])[0])  # added
-    third = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False)
+    third = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False, workers=1)
     assert (third.added, third.updated, third.removed, third.unchanged) == (1, 1, 1, 1)
     with IndexStore.open(idx, readonly=True) as store:
         recs = store.recordings()
@@ -84,7 +84,7 @@ def test_search_returns_files_and_spans(tmp_path, fake_run):
     folder = tmp_path / "audio"
     wave, spans = events([440, 2000])
     write(folder / "x.wav", wave)
-    build_index(folder, tmp_path / "idx", model=str(fake_run), transcripts=False, show_progress=False)
+    build_index(folder, tmp_path / "idx", model=str(fake_run), transcripts=False, show_progress=False, workers=1)
     searcher = make_searcher(tmp_path / "idx")
     hits = searcher.search("a tone", k=5)
     assert len(hits) == 2 and {h.segment_id for h in hits} == {"x-00000", "x-00001"}
@@ -111,7 +111,7 @@ def test_kill_9_midway_then_rerun_is_consistent(tmp_path, fake_run):
         proc.wait()
         partial.append(_committed(idx))
     assert 3 <= partial[0] < 12 and partial[0] <= partial[1] < 12, partial  # really killed midway
-    report = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False)
+    report = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False, workers=1)
     assert report.added + report.unchanged == 12 and not report.failures
     with IndexStore.open(idx, readonly=True) as store:
         assert len(store.recordings()) == 12
@@ -137,7 +137,7 @@ def test_short_sound_without_background_is_one_whole_file_segment(tmp_path, fake
     t = np.arange(int(0.3 * 16000)) / 16000
     write(tmp_path / "audio" / "beep.wav", (0.4 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32))
     write(tmp_path / "audio" / "silent.wav", np.zeros(16000, np.float32))
-    report = build_index(tmp_path / "audio", tmp_path / "idx", model=str(fake_run), transcripts=False, show_progress=False)
+    report = build_index(tmp_path / "audio", tmp_path / "idx", model=str(fake_run), transcripts=False, show_progress=False, workers=1)
     assert report.added == 1 and [Path(p).name for p, _ in report.failures] == ["silent.wav"]
     with IndexStore.open(tmp_path / "idx", readonly=True) as store:
         (seg,) = store.recording_segments("beep")
@@ -156,7 +156,7 @@ def test_grouped_files_get_the_segments_and_vectors_of_one_file_at_a_time(tmp_pa
     monkeypatch.setattr(build, "GROUP_FILES", 3)  # groups of 3 + 2
     idx = tmp_path / "idx"
     assert len(build.plan_groups(sorted(folder.iterdir()))) == 2
-    report = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False)
+    report = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False, workers=1)
     assert report.added == 5 and not report.failures
     store = IndexStore.open(idx, readonly=True)
     embedder = get_embedder(str(fake_run))
@@ -187,3 +187,78 @@ def test_long_file_is_streamed_in_its_own_group(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "GROUP_SECONDS", 5.0)
     assert build.plan_groups([tmp_path / f"{i}.wav" for i in range(4)]) == [[0, 1], [2], [3]]
     assert build.plan_groups([tmp_path / "missing.wav", tmp_path / "0.wav"]) == [[0, 1]]  # errors are reported later, per file
+
+
+def test_worker_processes_index_what_one_process_does(tmp_path, monkeypatch):
+    """The default model (real CNN, segmenters) in 2 spawned workers and in this process: same
+    segments, vectors equal up to thread-count rounding; failures reported the same way."""
+    from sonalign.index import build
+
+    folder = tmp_path / "audio"
+    for i in range(4):
+        wave, _ = events([300 + 150 * i, 900], seed=i)
+        write(folder / f"f{i}.wav", wave, sr=[16000, 22050, 44100, 8000][i])
+    (folder / "broken.wav").write_bytes(b"RIFF not really")
+    monkeypatch.setattr(build, "GROUP_FILES", 2)  # plan_groups runs here: 3 groups
+    reports, stores = {}, {}
+    for workers in (1, 2):
+        idx = tmp_path / f"idx{workers}"
+        reports[workers] = build_index(folder, idx, transcripts=False, show_progress=False, workers=workers)
+        stores[workers] = IndexStore.open(idx, readonly=True)
+    try:
+        for r in reports.values():
+            assert r.added == 4 and [Path(p).name for p, _ in r.failures] == ["broken.wav"]
+        assert reports[1].failures[0][1] == reports[2].failures[0][1]
+        for i in range(4):
+            one, two = (stores[w].recording_segments(f"f{i}") for w in (1, 2))
+            assert [(r.id, r.start, r.duration, r.kind) for r in one] == [(r.id, r.start, r.duration, r.kind) for r in two]
+            np.testing.assert_allclose(stores[2].vectors([r.row_id for r in two])[1], stores[1].vectors([r.row_id for r in one])[1], atol=1e-4)
+    finally:
+        for s in stores.values():
+            s.close()
+
+
+def test_a_dead_worker_fails_its_groups_and_the_rest_are_reported(tmp_path):
+    """A worker killed mid-run (BrokenProcessPool): the files in flight and after are failures
+    that name the cause, in group order; nothing is raised and nothing is half-written."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from sonalign.index import build
+
+    class DyingPool:
+        def __init__(self):
+            self.calls = 0
+
+        def submit(self, fn, group):
+            self.calls += 1
+            f = Future()
+            if self.calls == 1:
+                f.set_result([build.Failed("fine")] * len(group))
+            elif self.calls == 2:
+                f.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+            else:
+                raise BrokenProcessPool("pool is broken")
+            return f
+
+    groups = [[("a", "a")], [("b", "b"), ("c", "c")], [("d", "d")], [("e", "e")]]
+    out = list(build._groups_in_workers(DyingPool(), 1, groups))
+    assert [len(g) for g in out] == [1, 2, 1, 1]
+    assert out[0][0].reason == "fine"
+    assert all("worker process died" in f.reason for g in out[1:] for f in g)
+
+
+def test_resolve_workers(monkeypatch):
+    from sonalign.index import build
+
+    assert build.resolve_workers(4, 2) == 2 and build.resolve_workers(1, 10) == 1 and build.resolve_workers(3, 0) == 1
+    monkeypatch.setattr(build.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(build, "_physical_memory", lambda: 64 * 2**30)
+    assert build.resolve_workers(None, 100) == build.MAX_AUTO_WORKERS == 8
+    assert build.resolve_workers(None, 3) == 3
+    monkeypatch.setattr(build, "_physical_memory", lambda: 4 * 2**30)  # 4 GiB: two workers of 1.5 GiB
+    assert build.resolve_workers(None, 100) == 2
+    monkeypatch.setattr(build, "_physical_memory", lambda: 2**30)
+    assert build.resolve_workers(None, 100) == 1
+    with pytest.raises(ValueError):
+        build.resolve_workers(0, 5)

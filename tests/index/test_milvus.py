@@ -413,11 +413,11 @@ def test_build_index_with_milvus_backend_end_to_end(milvus, tmp_path, fake_run):
     for i in range(3):
         sf.write(folder / f"r{i}.wav", tones([300 + 200 * i, 900], seed=i), 16000)
     idx = tmp_path / "idx"
-    first = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False, backend="milvus", uri=milvus.uri)
+    first = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False, backend="milvus", uri=milvus.uri, workers=1)
     assert first.added == 3 and first.segments == 6 and not first.failures
     (folder / "r1.wav").unlink()
     sf.write(folder / "r3.wav", tones([1500], seed=3), 16000)
-    again = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False)  # backend from the index
+    again = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False, workers=1)  # backend from the index
     assert (again.added, again.removed, again.unchanged) == (1, 1, 2)
     store = IndexStore.open(idx, readonly=True)
     assert store.index().kind == "milvus" and store.index().ntotal == 5 and store.index().pending == 0
@@ -439,7 +439,7 @@ def test_cli_index_verb_records_the_backend(milvus, tmp_path, fake_run):
 
     from sonalign.cli import app
 
-    args = ["index", str(folder), "--out", str(idx), "--model", str(fake_run), "--no-transcripts", "--backend", "milvus", "--uri", milvus.uri]
+    args = ["index", str(folder), "--out", str(idx), "--model", str(fake_run), "--no-transcripts", "--workers", "1", "--backend", "milvus", "--uri", milvus.uri]
     done = CliRunner().invoke(app, args, env={"SONALIGN_MILVUS_URI": ""})
     assert done.exit_code == 0, done.output[-3000:]
     store = IndexStore.open(idx, readonly=True)
