@@ -59,11 +59,17 @@ def section_encoders(d: dict) -> list[str]:
 
 def section_index(d: dict) -> list[str]:
     lines = [f"Transcripts (pocketsphinx on speech segments): {'on' if d['transcripts'] else 'off'}. Data: {d['data']}.", "",
-             "| run | files | segments | audio s | wall s | x real time | rerun s (no-op) | decode floor x RT | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
-    for key in ("folder", "long"):
+             "| run | workers | files | segments | audio s | wall s | x real time | rerun s (no-op) | decode floor x RT | peak RSS MiB (main / largest worker) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, label in (("folder", "folder"), ("folder_one_process", "folder, one process (reference)"), ("long", "long")):
         r = d.get(key)
         if r:
-            lines.append(f"| {key} | {r['files']} | {r['segments']} | {r['audio_seconds']} | {r['wall_seconds']} | **{r['x_realtime']}** | {r['rerun_seconds']} | {r['decode_floor_x_realtime']} | {r['peak_rss_mib']} |")
+            workers = r.get("workers", 1)
+            rss = f"{r['peak_rss_mib']} / {r['worker_peak_rss_mib']}" if workers > 1 else f"{r['peak_rss_mib']}"
+            lines.append(f"| {label} | {workers} | {r['files']} | {r['segments']} | {r['audio_seconds']} | {r['wall_seconds']} | **{r['x_realtime']}** | "
+                         f"{r['rerun_seconds']} | {r['decode_floor_x_realtime']} | {rss} |")
+    if d.get("workers_speedup"):
+        lines += ["", f"Worker processes against one process on the same folder, same run: **{d['workers_speedup']}x**."]
     return lines
 
 
@@ -110,8 +116,10 @@ def section_scaling(d: dict) -> list[str]:
     base = f"{d['base_minutes']} min of" if d.get("base_minutes") else "every clip of"
     lines = [f"Base collection (1x): {base} {', '.join(d['sets'])} from ../shared/data, copied under new names; transcripts {'on' if d.get('transcripts', True) else 'off'}.", ""]
     if d.get("index"):
-        lines += ["| factor | files | audio s | wall s | x real time | peak RSS MiB |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['factor']}x | {r['files']} | {r['audio_seconds']} | {r['wall_seconds']} | {r['x_realtime']} | {r['peak_rss_mib']} |" for r in d["index"]]
+        workers = any("worker_peak_rss_mib" in r for r in d["index"])
+        lines += ["| factor | files | audio s | wall s | x real time | peak RSS MiB" + (" (main / largest worker)" if workers else "") + " |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['factor']}x | {r['files']} | {r['audio_seconds']} | {r['wall_seconds']} | {r['x_realtime']} | {r['peak_rss_mib']}"
+                  + (f" / {r['worker_peak_rss_mib']}" if workers else "") + " |" for r in d["index"]]
         lines.append("")
         rss = [r["peak_rss_mib"] for r in d["index"]]
         if len(rss) > 1 and rss[-1] > 1.2 * rss[0] and d["date"] < "2026-11-22T05":
@@ -197,9 +205,21 @@ def limits() -> list[str]:
               f"two cores; 100x would need {100 * 3.9 / 2.322:.0f} GFLOP/s sustained in fp32, the fp32 FMA peak of two AVX2 cores at about 2.6 GHz (2 x 32 FLOP a cycle). "
               f"Indexing without transcripts reaches {nt['long']['x_realtime']}x on the 1-hour file, close to that CNN bound (only "
               "sound and speech segments are encoded, silence is skipped), and "
-              f"{nt['folder']['x_realtime']}x on folders of short clips (partial last windows batch less well). int8 quantisation of "
-              "the trunk (fbgemm / oneDNN) was tried: 1.2-1.6x faster, cosine to the fp32 embeddings 0.992-0.998; not adopted, "
-              "because the default model was trained on fp32 features and the gain does not reach 100x either. With transcripts, "
+              f"{nt['folder']['x_realtime']}x on folders of short clips (partial last windows batch less well). Everything else has "
+              "to fit in what the CNN leaves: measured stage by stage on 300 asterisk files (861 s, one stage at a time), the CNN with "
+              "its mel ran at 74x real time on both cores, silero-vad at 199x on one, decoding, the energy gate, resampling and span "
+              "cutting together at ~700x, so even perfect overlap on 2 cores would stop near 60x. Tried and not adopted: "
+              "(a) int8 quantisation of the trunk (fbgemm / oneDNN): 1.2-1.6x faster, cosine to the fp32 embeddings 0.992-0.998; "
+              "the default model was trained on fp32 features and the gain does not reach 100x either; "
+              "(b) Winograd convolution (NNPACK's F(6x6,3x3), through `torch._nnpack_spatial_convolution`) for blocks 3-4: 1.12-1.22x "
+              "for the CNN alone at 24-64 windows a call, 0.44x at one window (NNPACK transforms the kernels on every call), ~1e-6 "
+              "from the reference; in `bench/index.py` in the same session indexing did not get faster (folders 43.2x against 45.6x, "
+              "the 1-hour file 56.6x both), because the CNN shares the cores with the VAD thread; "
+              "(c) `OMP_WAIT_POLICY=PASSIVE`: 45.0x against 44.1x, within noise. "
+              "What did help: worker processes (`build_index(workers=...)`, one single-threaded process per core) "
+              + (f"index the folders {nt['workers_speedup']}x faster than one process in the same run ({nt['folder_one_process']['x_realtime']}x -> "
+                 f"{nt['folder']['x_realtime']}x), " if nt.get("workers_speedup") else "") +
+              "since no OpenMP thread of the CNN waits on a core taken by the VAD. With transcripts, "
               "pocketsphinx dominates: on 8 kHz telephone prompts it decodes at about 6x real time per core even with the fast "
               "settings (word recall 0.32 against 0.45 for the full decoder); `--no-transcripts` skips it. A GPU, or a cheaper audio "
               "encoder, is what 100x needs on this machine.", "",

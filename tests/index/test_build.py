@@ -218,34 +218,53 @@ def test_worker_processes_index_what_one_process_does(tmp_path, monkeypatch):
             s.close()
 
 
-def test_a_dead_worker_fails_its_groups_and_the_rest_are_reported(tmp_path):
-    """A worker killed mid-run (BrokenProcessPool): the files in flight and after are failures
-    that name the cause, in group order; nothing is raised and nothing is half-written."""
-    from concurrent.futures import Future
-    from concurrent.futures.process import BrokenProcessPool
+class DyingPool:
+    """A process pool whose worker dies at submission ``dies_at`` (1-based)."""
 
+    def __init__(self, dies_at: int):
+        self.calls, self.dies_at = 0, dies_at
+
+    def submit(self, fn, group):
+        from concurrent.futures import Future
+        from concurrent.futures.process import BrokenProcessPool
+
+        from sonalign.index.build import Failed
+
+        self.calls += 1
+        if self.calls > self.dies_at:
+            raise BrokenProcessPool("pool is broken")
+        f = Future()
+        if self.calls == self.dies_at:
+            f.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+        else:
+            f.set_result([Failed("worker")] * len(group))
+        return f
+
+
+def in_this_process(groups):
+    from sonalign.index.build import Failed
+
+    return iter([[Failed("here")] * len(g) for g in groups])
+
+
+GROUPS = [[("a", "a")], [("b", "b"), ("c", "c")], [("d", "d")], [("e", "e")]]
+
+
+def test_a_worker_that_dies_mid_run_fails_the_groups_in_flight_and_the_rest_run_here():
+    """Nothing raised, order kept: done groups stand, in-flight ones fail naming the cause, the
+    others are indexed in this process."""
     from sonalign.index import build
 
-    class DyingPool:
-        def __init__(self):
-            self.calls = 0
+    out = list(build._groups_in_workers(DyingPool(dies_at=2), 1, GROUPS, in_this_process))
+    assert [[f.reason for f in g] for g in out[:1] + out[2:]] == [["worker"], ["here"], ["here"]]
+    assert len(out[1]) == 2 and all("worker process died" in f.reason and "run again" in f.reason for f in out[1])
 
-        def submit(self, fn, group):
-            self.calls += 1
-            f = Future()
-            if self.calls == 1:
-                f.set_result([build.Failed("fine")] * len(group))
-            elif self.calls == 2:
-                f.set_exception(BrokenProcessPool("a child process terminated abruptly"))
-            else:
-                raise BrokenProcessPool("pool is broken")
-            return f
 
-    groups = [[("a", "a")], [("b", "b"), ("c", "c")], [("d", "d")], [("e", "e")]]
-    out = list(build._groups_in_workers(DyingPool(), 1, groups))
-    assert [len(g) for g in out] == [1, 2, 1, 1]
-    assert out[0][0].reason == "fine"
-    assert all("worker process died" in f.reason for g in out[1:] for f in g)
+def test_workers_that_cannot_start_leave_everything_to_this_process():
+    from sonalign.index import build
+
+    out = list(build._groups_in_workers(DyingPool(dies_at=1), 2, GROUPS, in_this_process))
+    assert [[f.reason for f in g] for g in out] == [["here"], ["here", "here"], ["here"], ["here"]]
 
 
 def test_resolve_workers(monkeypatch):

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -48,10 +48,13 @@ GROUP_FILES = 64
 GROUP_SECONDS = 300.0
 #: Spectrogram windows per CNN call (larger batches use oneDNN's kernels better; ~160 MB of activations).
 CNN_BATCH = 64
+#: The same in a single-threaded worker process: as fast as 64 there (52.3x either way on the
+#: bench/index.py folders), and its peak RSS is ~120 MiB lower (670 against 788 MiB).
+WORKER_CNN_BATCH = 32
 #: Most worker processes ``workers=None`` starts.
 MAX_AUTO_WORKERS = 8
-#: RAM per worker that ``workers=None`` assumes: a worker peaked at 0.79 GiB (models + a group's
-#: CNN activations) in bench/index.py; the margin leaves room for the writer and the OS.
+#: RAM per worker that ``workers=None`` assumes: a worker peaked at 0.65-0.8 GiB (models + a
+#: group's CNN activations) in bench/index.py; the margin leaves room for the writer and the OS.
 WORKER_MEMORY_BYTES = 3 * 2**29  # 1.5 GiB
 
 
@@ -154,8 +157,10 @@ class Indexer:
     batch of one). Files longer than :data:`SHORT_FILE_SECONDS` are streamed, one per group.
     """
 
-    def __init__(self, store: IndexStore | None, model: str = "default", *, transcripts: bool = True, speech: bool = True, asr_process: bool = True):
+    def __init__(self, store: IndexStore | None, model: str = "default", *, transcripts: bool = True, speech: bool = True, asr_process: bool = True,
+                 cnn_batch: int = CNN_BATCH):
         self.store = store
+        self.cnn_batch = cnn_batch
         self.embedder = get_embedder(model)
         self.transcripts = transcripts
         self.speech = speech
@@ -226,7 +231,7 @@ class Indexer:
         pending = self.asr.submit([p.span(p.segments[i], 16000) for p, rows in zip(group, speech_rows) for i in rows])
         flat = [(p, i) for p in group for i in range(len(p.segments))]
         vectors = np.concatenate([
-            self.embedder.embed_segments([p.waves[i] for p, i in flat[lo : lo + GROUP_SEGMENTS]], batch_size=CNN_BATCH)
+            self.embedder.embed_segments([p.waves[i] for p, i in flat[lo : lo + GROUP_SEGMENTS]], batch_size=self.cnn_batch)
             for lo in range(0, len(flat), GROUP_SEGMENTS)
         ]) if flat else np.zeros((0, self.embedder.dim), np.float32)
         said = iter(pending.result())
@@ -290,7 +295,7 @@ def _init_worker(model: str, transcripts: bool, threads: int) -> None:
     limit_heap_fragmentation()
     global _WORKER
     # pocketsphinx runs inside the worker: the workers already fill the cores
-    _WORKER = Indexer(None, model, transcripts=transcripts, asr_process=False)
+    _WORKER = Indexer(None, model, transcripts=transcripts, asr_process=False, cnn_batch=WORKER_CNN_BATCH)
 
 
 def _index_group_in_worker(files: list[tuple[Path, str]]) -> list[FileResult | Failed]:
@@ -310,42 +315,38 @@ def _groups_in_process(indexer: Indexer, groups: list[list[tuple[Path, str]]]) -
             yield indexer.embed_prepared(ahead.popleft().result())
 
 
-def _groups_in_workers(pool: ProcessPoolExecutor, workers: int, groups: list[list[tuple[Path, str]]]) -> Iterator[list[FileResult | Failed]]:
+def _groups_in_workers(pool: ProcessPoolExecutor, workers: int, groups: list[list[tuple[Path, str]]],
+                       fallback: Callable[[list[list[tuple[Path, str]]]], Iterator[list[FileResult | Failed]]]) -> Iterator[list[FileResult | Failed]]:
     """Results group by group, in order, from worker processes (two groups in flight per worker).
 
-    A worker that dies (killed, out of memory) fails the files of the groups in flight; they are
-    not in the index, so the next run retries them.
+    If the pool breaks before any group came back (processes cannot be started here, e.g. a
+    parent read from stdin, which ``spawn`` cannot re-import), every group goes to ``fallback``
+    (this process). If a worker dies later (killed, out of memory), the groups in flight fail, with
+    a reason saying to run again (they are not in the index, so the next run retries them), and
+    the rest go to ``fallback``.
     """
     pending: deque[tuple[list[tuple[Path, str]], Future]] = deque()
-    todo = iter(groups)
-    broken: BaseException | None = None
-    while True:
-        while broken is None and len(pending) < 2 * workers:
-            group = next(todo, None)
-            if group is None:
-                break
-            try:
-                pending.append((group, pool.submit(_index_group_in_worker, group)))
-            except BrokenProcessPool as exc:
-                broken = exc
-                pending.append((group, _failed_future(exc)))
-        if not pending:
-            if broken is not None:  # what was never submitted fails too
-                for group in todo:
-                    yield [Failed(f"indexing worker process died ({broken}); run again to retry") for _ in group]
-            return
-        group, future = pending.popleft()
+    todo = deque(groups)
+    succeeded = False
+    while todo or pending:
         try:
-            yield future.result()
+            while todo and len(pending) < 2 * workers:
+                pending.append((todo[0], pool.submit(_index_group_in_worker, todo[0])))
+                todo.popleft()
+            result = pending[0][1].result()
         except BrokenProcessPool as exc:
-            broken = exc
-            yield [Failed(f"indexing worker process died ({exc}); run again to retry") for _ in group]
-
-
-def _failed_future(exc: BaseException) -> Future:
-    future: Future = Future()
-    future.set_exception(exc)
-    return future
+            rest = list(todo)
+            if succeeded:
+                for group, _ in pending:
+                    yield [Failed(f"indexing worker process died ({exc}); not indexed, run again to retry") for _ in group]
+            else:
+                rest = [group for group, _ in pending] + rest
+            log.warning("indexing worker processes unavailable (%s); indexing the remaining %d groups in this process", exc, len(rest))
+            yield from fallback(rest)
+            return
+        pending.popleft()
+        succeeded = True
+        yield result
 
 
 def resolve_workers(workers: int | None, groups: int) -> int:
@@ -412,7 +413,7 @@ def build_index(
     (CNN on every core, VAD in a thread beside it). On 2 cores, two single-threaded workers index
     folders of short clips 1.16x faster than one process (bench/index.py), because the CNN's
     threads no longer share the cores with the VAD thread; each worker holds its own models
-    (peak ~0.8 GiB each against ~0.9 GiB for one process). A single long file is one group, so it
+    (peak ~0.7 GiB each, the writer ~0.4 GiB, against ~0.9 GiB for one process). A single long file is one group, so it
     is indexed in this process with every core.
     """
     from sonalign.utils.memory import limit_heap_fragmentation
@@ -448,13 +449,18 @@ def build_index(
         groups = [[todo[i] for i in g] for g in plan_groups([f for _, f, _ in todo])]
         jobs = [[(f, rid_of(f)) for _, f, _ in g] for g in groups]
         n_workers = resolve_workers(workers, len(groups))
+
+        def in_process(jobs: list[list[tuple[Path, str]]]) -> Iterator[list[FileResult | Failed]]:
+            nonlocal indexer
+            indexer = indexer or Indexer(store, model, transcripts=transcripts)
+            return _groups_in_process(indexer, jobs)
+
         if n_workers > 1:
             threads = max(1, (os.cpu_count() or 1) // n_workers)
             pool = ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(model, transcripts, threads))
-            stream = _groups_in_workers(pool, n_workers, jobs)
+            stream = _groups_in_workers(pool, n_workers, jobs, in_process)
         else:
-            indexer = Indexer(store, model, transcripts=transcripts)
-            stream = _groups_in_process(indexer, jobs)
+            stream = in_process(jobs)
         with progress(len(todo), "indexing", disable=not show_progress or not todo) as bar:
             for group, results in zip(groups, stream):
                 for (path, f, h), res in zip(group, results):
