@@ -3,7 +3,8 @@
 Runs the default model on the first ``--files`` files of a ../shared/data set (default: asterisk,
 short telephone prompts, the hardest case for per-file overheads), once with transcripts and once
 without, and records the main thread's wall time in the stages that matter. The prefetch thread
-(decode, energy gate, silero VAD) and the pocketsphinx worker process run beside the main thread:
+(decode, energy gate, silero VAD) and the pocketsphinx worker process run beside the main thread
+(``workers=1``: the single-process pipeline, whose stages this can see):
 their cost shows up in the main thread only as waiting (``wait for prepared group``,
 ``wait for transcripts``). Model loading is outside the measured call (start-up is separate).
 
@@ -62,7 +63,7 @@ def profile_once(files: list[Path], transcripts: bool, text_out: Path) -> dict:
         profiler = Profiler(interval=0.002)
         started = time.perf_counter()
         profiler.start()
-        report = build_index(folder, work / "idx", transcripts=transcripts, show_progress=False)
+        report = build_index(folder, work / "idx", transcripts=transcripts, show_progress=False, workers=1)  # the in-process pipeline: worker processes would leave the main thread waiting
         profiler.stop()
         wall = time.perf_counter() - started
     finally:
