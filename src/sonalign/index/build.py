@@ -412,10 +412,10 @@ def build_index(
     one per CPU core (see :func:`resolve_workers`), at most one per group; 1: all in this process
     (CNN on every core, VAD in a thread beside it). On 2 cores, two single-threaded workers index
     folders of short clips 1.10-1.16x faster than one process without transcripts and 1.26x
-    faster with them (bench/index.py, same-run references), because the CNN's
-    threads no longer share the cores with the VAD thread; each worker holds its own models
-    (peak ~0.7 GiB each, the writer ~0.4 GiB, against ~0.9 GiB for one process). A single long file is one group, so it
-    is indexed in this process with every core.
+    faster with them (bench/index.py, same-run references), because the CNN's threads no longer
+    share the cores with the VAD thread. Each worker holds its own models (peak ~0.7 GiB each, the
+    writer ~0.4 GiB, against ~0.9 GiB for one process). A single long file is one group, so it is
+    indexed in this process with every core.
     """
     from sonalign.utils.memory import limit_heap_fragmentation
 
