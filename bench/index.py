@@ -58,11 +58,10 @@ def index_part(source: str, transcripts: bool, workers: int | None) -> dict:
     import resource
 
     from sonalign.audio.io import find_audio_files, stream_audio
-    from sonalign.index.build import build_index, plan_groups, resolve_workers
+    from sonalign.index.build import build_index
 
     workdir = Path(tempfile.mkdtemp(prefix="sonalign-bench-idx-"))
     try:
-        used_workers = resolve_workers(workers, len(plan_groups(find_audio_files(source))))
         started = time.perf_counter()
         first = build_index(source, workdir / "idx", transcripts=transcripts, show_progress=False, workers=workers)
         wall = time.perf_counter() - started
@@ -79,7 +78,7 @@ def index_part(source: str, transcripts: bool, workers: int | None) -> dict:
     return {"files": first.files, "segments": first.segments, "failures": len(first.failures), "audio_seconds": round(first.audio_seconds, 1),
             "wall_seconds": round(wall, 2), "x_realtime": round(first.audio_seconds / wall, 2), "rerun_seconds": round(noop, 2),
             "rerun_unchanged": again.unchanged, "decode_floor_x_realtime": round(first.audio_seconds / decode, 1),
-            "ratio_to_decode_floor": round(decode / wall, 4), "workers": used_workers, "peak_rss_mib": round(peak_rss_mib(), 1),
+            "ratio_to_decode_floor": round(decode / wall, 4), "workers": first.workers, "peak_rss_mib": round(peak_rss_mib(), 1),
             "worker_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
 
 

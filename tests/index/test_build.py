@@ -206,7 +206,8 @@ def test_worker_processes_index_what_one_process_does(tmp_path, monkeypatch):
         reports[workers] = build_index(folder, idx, transcripts=False, show_progress=False, workers=workers)
         stores[workers] = IndexStore.open(idx, readonly=True)
     try:
-        for r in reports.values():
+        for workers, r in reports.items():
+            assert r.workers == workers
             assert r.added == 4 and [Path(p).name for p, _ in r.failures] == ["broken.wav"]
         assert reports[1].failures[0][1] == reports[2].failures[0][1]
         for i in range(4):

@@ -68,6 +68,7 @@ class IndexReport:
     segments: int = 0
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
+    workers: int = 1  #: processes that embedded (1: this one)
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -274,10 +275,6 @@ class Indexer:
             out.append(FileResult(p.recording_id, p.info.duration, p.info.sample_rate, segments, vectors, texts, extras))
         return out
 
-    def embed_file(self, path: Path, recording_id: str, prepared: Prepared | None = None
-                   ) -> tuple[list[Segment], np.ndarray, list[str | None], dict[str, np.ndarray]]:
-        return self.embed_group([prepared or self.prepare(path, recording_id)])[0]
-
 
 def _reason(exc: BaseException) -> str:
     return getattr(exc, "reason", None) or str(exc)
@@ -449,12 +446,12 @@ def build_index(
         rid_of = lambda f: recording_id_for(f.resolve(), base.resolve() if base else None)  # noqa: E731
         groups = [[todo[i] for i in g] for g in plan_groups([f for _, f, _ in todo])]
         jobs = [[(f, rid_of(f)) for _, f, _ in g] for g in groups]
-        n_workers = resolve_workers(workers, len(groups))
+        n_workers = report.workers = resolve_workers(workers, len(groups))
 
-        def in_process(jobs: list[list[tuple[Path, str]]]) -> Iterator[list[FileResult | Failed]]:
+        def in_process(some: list[list[tuple[Path, str]]]) -> Iterator[list[FileResult | Failed]]:
             nonlocal indexer
             indexer = indexer or Indexer(store, model, transcripts=transcripts)
-            return _groups_in_process(indexer, jobs)
+            return _groups_in_process(indexer, some)
 
         if n_workers > 1:
             threads = max(1, (os.cpu_count() or 1) // n_workers)
