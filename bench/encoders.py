@@ -45,7 +45,12 @@ def pick_clips(seconds: float):
 
 
 def run_sonalign(clips, batch_size: int, device: str) -> float:
+    import os
+
     from sonalign.cache.features import FeatureCache, FeatureSettings
+    from sonalign.utils.device import DEVICE_ENV
+
+    os.environ[DEVICE_ENV] = device  # the encoders' default device (this part runs in its own process)
 
     workdir = Path(tempfile.mkdtemp(prefix="sonalign-bench-enc-"))
     try:

@@ -30,6 +30,26 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+DEVICE_HELP = ("Where the encoders (and training) run: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N. "
+               "Also read from $SONALIGN_DEVICE; worker processes inherit it.")
+
+
+def _use_device(device: Optional[str]) -> None:
+    """Check ``--device`` now (one clear line if this machine cannot honour it) and make it the process default."""
+    if not device:
+        return
+    import os
+
+    from sonalign.errors import SonalignError
+    from sonalign.utils.device import DEVICE_ENV, resolve_device
+
+    try:
+        resolve_device(device)
+    except SonalignError as exc:
+        _fail(str(exc))
+    os.environ[DEVICE_ENV] = device
+
+
 def _report_failures(failures: list[tuple[str, str]], strict: bool) -> None:
     if not failures:
         return
@@ -91,11 +111,13 @@ def features(
     with_mel: bool = typer.Option(False, "--with-mel", help="Also cache 64-bin log-mels (needed by CALM)."),
     batch_size: int = typer.Option(32, help="Encoder batch size."),
     strict: bool = typer.Option(False, help="Exit non-zero if any file could not be used."),
+    device: Optional[str] = typer.Option(None, "--device", envvar="SONALIGN_DEVICE", help=DEVICE_HELP),
 ) -> None:
     """Extract and cache frozen-encoder features (segments, frames, tokens) with row-aligned metadata.
 
     Re-running skips everything already cached; a killed run resumes where it stopped.
     """
+    _use_device(device)
     from sonalign.cache.features import FeatureSettings, extract_features
 
     settings = FeatureSettings(audio_encoder=audio_encoder, text_encoder=text_encoder, segmenter=segmenter, with_mel=with_mel)
@@ -125,19 +147,22 @@ def train_cmd(
     cache: Optional[Path] = typer.Option(None, help="Feature cache folder to reuse (default RUN/features)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes on this machine: runs this command under torchrun (DDP; gloo on CPU, NCCL on GPU)."),
+    device: Optional[str] = typer.Option(None, "--device", envvar="SONALIGN_DEVICE", help=DEVICE_HELP),
 ) -> None:
     """Train an alignment model on cached frozen-encoder features (extracted first if missing).
 
     Data parallel: `sonalign train --nproc N ...` or `torchrun --nproc-per-node N -m sonalign train ...`.
     """
+    _use_device(device)
     import os
 
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         import torch
 
         from sonalign.train.distributed import launch
+        from sonalign.utils.device import resolve_device
 
-        if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        if resolve_device().type == "cuda" and nproc > torch.cuda.device_count():
             _fail(f"--nproc {nproc} but only {torch.cuda.device_count()} GPU(s): NCCL needs one GPU per process")
 
         args = ["train", "--config", config, "--data", str(data), "--out", str(out_dir), "--epochs", str(epochs), "--batch-size", str(batch_size),
@@ -164,8 +189,10 @@ def evaluate_cmd(
     probe: Optional[Path] = typer.Option(None, help="Labelled manifest with train/test splits for a linear probe (e.g. EmoDB)."),
     template: Optional[str] = typer.Option(None, help="Prompt template for label-only data (default: the run's)."),
     cache: Optional[Path] = typer.Option(None, help="Feature cache folder (default: the one the run was trained with, else ./features)."),
+    device: Optional[str] = typer.Option(None, "--device", envvar="SONALIGN_DEVICE", help=DEVICE_HELP),
 ) -> None:
     """Evaluate a trained run: retrieval both ways, zero-shot, noise robustness, linear probe."""
+    _use_device(device)
     from sonalign.evaluation.report import format_table, write_report
     from sonalign.evaluation.run import evaluate_run
     from sonalign.utils.atomic import atomic_write_text
@@ -191,8 +218,10 @@ def index_cmd(
     backend: Optional[str] = typer.Option(None, "--backend", help="Where the vectors are searched: 'faiss' (files in IDX, the default) or 'milvus' (a Milvus server or cluster, see --uri). Recorded in the index; later runs, search and serve use it."),
     uri: Optional[str] = typer.Option(None, "--uri", "--milvus-uri", envvar="SONALIGN_MILVUS_URI", help="Milvus address for --backend milvus, e.g. http://milvus.example:19530 (also overrides the recorded one for a server that moved)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes that segment and embed files in parallel (default: one per CPU core, at most 8 and one per 1.5 GiB of RAM; each holds its own models, ~0.7 GiB at peak). 1: everything in this process."),
+    device: Optional[str] = typer.Option(None, "--device", envvar="SONALIGN_DEVICE", help=DEVICE_HELP),
 ) -> None:
     """Chunk, embed and index every recording under FOLDER. Re-running updates only added, changed or deleted files."""
+    _use_device(device)
     from sonalign.index.build import build_index
 
     report = _guard(lambda: build_index(folder, out_dir, model=model, rebuild=rebuild, transcripts=transcripts, backend=backend, uri=uri, workers=workers))
@@ -230,8 +259,10 @@ def search_cmd(
     per_file: bool = typer.Option(False, "--per-file", help="Best span per recording instead of every segment."),
     path: Optional[str] = typer.Option(None, "--path", help="Only files whose path contains this text."),
     as_json: bool = typer.Option(False, "--json", help="Print hits as JSON."),
+    device: Optional[str] = typer.Option(None, "--device", envvar="SONALIGN_DEVICE", help=DEVICE_HELP),
 ) -> None:
     """Find moments in an indexed collection by text or by example audio: files with time spans and scores."""
+    _use_device(device)
     from sonalign.audio.io import load_audio
     from sonalign.index.build import make_searcher
 
@@ -254,8 +285,10 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", help="Interface to bind (localhost by default; 0.0.0.0 exposes it)."),
     port: int = typer.Option(8000, help="TCP port."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SONALIGN_API_KEY", help="Require this key (header X-API-Key) on API calls."),
+    device: Optional[str] = typer.Option(None, "--device", envvar="SONALIGN_DEVICE", help=DEVICE_HELP),
 ) -> None:
     """Serve the HTTP API (/search, /segments/ID/audio, /stats, /docs) and the search page at /."""
+    _use_device(device)
     from sonalign.index.build import searcher_for_store
     from sonalign.serve.app import run_server
 

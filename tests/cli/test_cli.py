@@ -60,3 +60,14 @@ def test_demo_indexes_the_sample_and_finds_goodbye(tmp_path):
     hits = make_searcher(tmp_path / "idx").search("goodbye", k=3)
     # ground truth (spans.jsonl): "Goodbye" is spoken at 1.50-2.37 s of phone_prompts.flac
     assert any(h.path.endswith("phone_prompts.flac") and h.start < 2.2 and h.end > 1.7 for h in hits)
+
+
+def test_device_option_is_checked_before_any_work(tmp_path):
+    import torch
+
+    result = runner.invoke(app, ["index", str(tmp_path), "--out", str(tmp_path / "idx"), "--device", "gpu0"])
+    assert result.exit_code == 2 and "gpu0" in result.output and "auto, cpu, cuda" in result.output
+    assert not (tmp_path / "idx").exists()
+    if not torch.cuda.is_available():
+        result = runner.invoke(app, ["features", str(tmp_path), "--out", str(tmp_path / "f"), "--device", "cuda"])
+        assert result.exit_code == 2 and "no CUDA GPU" in result.output

@@ -11,6 +11,7 @@ import torch
 
 from sonalign.encoders import aisfx_cnn as ax
 from sonalign.encoders.aisfx_cnn import AisfxCNN, valid_frames
+from sonalign.errors import ConfigError
 
 SR = 44100
 ONE_WINDOW = 99 * 1024 + 500  # 1 + n // 1024 == 100 spectrogram frames: exactly one window
@@ -177,3 +178,25 @@ def test_default_backend_and_unknown_backend(enc):
     assert ax.FusedTrunk(net).backend == "channels_last"
     with pytest.raises(ValueError, match="unknown backend"):
         ax.FusedTrunk(net, backend="winograd")
+
+
+def test_device_argument(enc, monkeypatch):
+    monkeypatch.delenv("SONALIGN_DEVICE", raising=False)
+    on_cpu = AisfxCNN(device="cpu")
+    assert on_cpu.device == torch.device("cpu")
+    waves = [signal(44100 * 3, 1), signal(5000, 2)]
+    a, b = on_cpu.encode(waves), enc.encode(waves)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            AisfxCNN(device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_gives_the_cpu_result(enc):
+    waves = [signal(44100 * 7, 3), signal(30000, 4)]
+    gpu, cpu = AisfxCNN(device="cuda").encode(waves, batch_size=4), enc.encode(waves, batch_size=4)
+    for k in ("embedding", "frames"):
+        np.testing.assert_allclose(gpu[k], cpu[k], rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(gpu["frames_mask"], cpu["frames_mask"])

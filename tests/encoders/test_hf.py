@@ -178,3 +178,34 @@ def test_errors(tiny_hf, tmp_path):
         get_audio_encoder(f"hf:{odd}")
     with pytest.raises(ConfigError):
         get_audio_encoder("hf:")
+
+
+def test_device_option(tiny_hf, monkeypatch):
+    """``device=`` reaches every hf encoder (factory, CLAP pair); the CPU result is the default's."""
+    monkeypatch.delenv("SONALIGN_DEVICE", raising=False)
+    waves = [noise(1.0, SR, 21), noise(0.4, SR, 22)]
+    for name in ("clap", "w2v_layer", "whisper"):
+        default, on_cpu = get_audio_encoder(f"hf:{tiny_hf[name]}"), get_audio_encoder(f"hf:{tiny_hf[name]}", device="cpu")
+        assert on_cpu.device == torch.device("cpu")
+        np.testing.assert_array_equal(default.encode(waves)["embedding"], on_cpu.encode(waves)["embedding"])
+    for name in ("clap", "bert"):
+        default, on_cpu = get_text_encoder(f"hf:{tiny_hf[name]}"), get_text_encoder(f"hf:{tiny_hf[name]}", device="cpu")
+        np.testing.assert_array_equal(default.encode(TEXTS)["embedding"], on_cpu.encode(TEXTS)["embedding"])
+    pair = load_clap_pair(tiny_hf["clap"], device="cpu")
+    assert pair.audio.device == pair.text.device == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            get_audio_encoder(f"hf:{tiny_hf['w2v_layer']}", device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_gives_the_cpu_result(tiny_hf):
+    waves = [noise(1.0, SR, 23), noise(2.5, SR, 24)]
+    for name in ("clap", "w2v_layer", "whisper"):
+        cpu = get_audio_encoder(f"hf:{tiny_hf[name]}", device="cpu").encode(waves)
+        gpu = get_audio_encoder(f"hf:{tiny_hf[name]}", device="cuda").encode(waves)
+        np.testing.assert_allclose(gpu["embedding"], cpu["embedding"], rtol=1e-3, atol=1e-4)
+    for name in ("clap", "bert"):
+        cpu = get_text_encoder(f"hf:{tiny_hf[name]}", device="cpu").encode(TEXTS)
+        gpu = get_text_encoder(f"hf:{tiny_hf[name]}", device="cuda").encode(TEXTS)
+        np.testing.assert_allclose(gpu["embedding"], cpu["embedding"], rtol=1e-3, atol=1e-4)

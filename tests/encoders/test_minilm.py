@@ -80,3 +80,14 @@ def test_options_settings_errors(enc):
     s = enc.settings()
     json.dumps(s)
     assert len(s["weights_sha256"]) == 12 and s["max_length"] == 128 and s["pooling"] == "mean"
+
+
+def test_device_option(monkeypatch):
+    from sonalign.errors import ConfigError
+
+    monkeypatch.delenv("SONALIGN_DEVICE", raising=False)
+    texts = ["a dog barks", "rain on a car roof"]
+    np.testing.assert_array_equal(MiniLML6(device="cpu").encode(texts)["embedding"], MiniLML6().encode(texts)["embedding"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            MiniLML6(device="cuda")

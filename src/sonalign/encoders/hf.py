@@ -66,6 +66,7 @@ from sonalign.encoders._common import (
 )
 from sonalign.encoders.base import register_audio_encoder, register_text_encoder
 from sonalign.errors import ConfigError
+from sonalign.utils.device import resolve_device
 
 SSL_TYPES = ("wav2vec2", "hubert", "wavlm")
 AUDIO_TYPES = ("clap", "whisper", *SSL_TYPES)
@@ -157,11 +158,19 @@ def _load_tokenizer(path: Path):
 class _HFBase:
     kind = "model"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, device: str | None = None):
         self.path = resolve_model_dir(path)
         self.model_type = model_type(self.path)
         self.name = f"hf:{path}"
+        self.device = resolve_device(device)
         self._lock = threading.Lock()
+
+    def _model_on_device(self, what: str, loader):
+        """A model shared per (folder, component, device): loaded once, moved to :attr:`device`."""
+        return _shared(self.path, f"{what}@{self.device}", lambda: loader().to(self.device))
+
+    def _to_device(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return tensors if self.device.type == "cpu" else {k: v.to(self.device) for k, v in tensors.items()}
 
     @property
     def config(self):
@@ -202,8 +211,8 @@ class HFSSLAudioEncoder(_HFBase):
 
     kind = "audio"
 
-    def __init__(self, path: str | Path):
-        super().__init__(path)
+    def __init__(self, path: str | Path, device: str | None = None):
+        super().__init__(path, device)
         self.sample_rate = int(self._preprocessor().get("sampling_rate", 16000))
 
     @property
@@ -229,8 +238,7 @@ class HFSSLAudioEncoder(_HFBase):
 
     def _parts(self):
         fe = _shared(self.path, "feature_extractor", lambda: _load_feature_extractor(self.path))
-        model = _shared(self.path, "model", lambda: _load_model(self.path))
-        return fe, model
+        return fe, self._model_on_device("model", lambda: _load_model(self.path))
 
     def settings(self) -> dict[str, Any]:
         return self._settings(sample_rate=self.sample_rate, pooling="masked-mean", dim=self.dim)
@@ -257,7 +265,7 @@ class HFSSLAudioEncoder(_HFBase):
                 kwargs = {"input_values": inputs["input_values"].float()}
                 if use_mask:
                     kwargs["attention_mask"] = inputs["attention_mask"]
-                hidden = model(**kwargs).last_hidden_state.float()
+                hidden = model(**self._to_device(kwargs)).last_hidden_state.float().cpu()
                 lengths = model._get_feat_extract_output_lengths(torch.tensor([w.size for w in chunk]))
                 for i, n in enumerate(lengths.tolist()):
                     f = hidden[i, : max(1, int(n))]
@@ -278,8 +286,8 @@ class HFWhisperEncoder(_HFBase):
 
     kind = "audio"
 
-    def __init__(self, path: str | Path):
-        super().__init__(path)
+    def __init__(self, path: str | Path, device: str | None = None):
+        super().__init__(path, device)
         pcfg = self._preprocessor()
         self.sample_rate = int(pcfg.get("sampling_rate", 16000))
         self._hop = int(pcfg.get("hop_length", 160))
@@ -298,7 +306,7 @@ class HFWhisperEncoder(_HFBase):
             encoder = model.get_encoder() if hasattr(model, "get_encoder") else model.encoder
             return _freeze(encoder)
 
-        return fe, _shared(self.path, "encoder", load_encoder)
+        return fe, self._model_on_device("encoder", load_encoder)
 
     def settings(self) -> dict[str, Any]:
         return self._settings(sample_rate=self.sample_rate, pooling="masked-mean", dim=self.dim)
@@ -328,7 +336,7 @@ class HFWhisperEncoder(_HFBase):
             for sl in batch_slices(len(pieces), batch_size, show_progress_bar, desc="whisper windows"):
                 chunk = [p if p.size else np.zeros(1, np.float32) for p in pieces[sl]]
                 feats = fe(chunk, sampling_rate=self.sample_rate, return_tensors="pt")["input_features"].float()
-                hidden = encoder(input_features=feats).last_hidden_state.float()
+                hidden = encoder(**self._to_device({"input_features": feats})).last_hidden_state.float().cpu()
                 for j, p in enumerate(pieces[sl]):
                     n_valid = min(max_frames, max(1, math.ceil((p.size // self._hop) / 2)))
                     per_piece.append(hidden[j, :n_valid])
@@ -346,8 +354,9 @@ class HFWhisperEncoder(_HFBase):
 # --------------------------------------------------------------------------------------------
 # CLAP
 # --------------------------------------------------------------------------------------------
-def _clap_model(path: Path):
-    return _shared(path, "model", lambda: _load_model(path, "ClapModel"))
+def _clap_model(encoder: _HFBase):
+    """One ClapModel per folder and device, shared by the audio and the text tower."""
+    return encoder._model_on_device("model", lambda: _load_model(encoder.path, "ClapModel"))
 
 
 class HFClapAudioEncoder(_HFBase):
@@ -355,8 +364,8 @@ class HFClapAudioEncoder(_HFBase):
 
     kind = "audio"
 
-    def __init__(self, path: str | Path):
-        super().__init__(path)
+    def __init__(self, path: str | Path, device: str | None = None):
+        super().__init__(path, device)
         pcfg = self._preprocessor()
         self.sample_rate = int(pcfg.get("sampling_rate", 48000))
         self.window_seconds = float(pcfg.get("max_length_s", 10))
@@ -387,7 +396,7 @@ class HFClapAudioEncoder(_HFBase):
 
     def _parts(self):
         fe = _shared(self.path, "feature_extractor", lambda: _load_feature_extractor(self.path))
-        return fe, _clap_model(self.path)
+        return fe, _clap_model(self)
 
     def settings(self) -> dict[str, Any]:
         return self._settings(sample_rate=self.sample_rate, window_seconds=self.window_seconds, pooling="clap-projection", window_merge="weighted-mean-of-normalised", dim=self.dim)
@@ -422,11 +431,11 @@ class HFClapAudioEncoder(_HFBase):
                 inputs = fe(chunk, sampling_rate=self.sample_rate, truncation=truncation, return_tensors="pt")
                 feats = inputs["input_features"].float()
                 is_longer = torch.zeros(len(chunk), 1, dtype=torch.bool)
-                out = model.audio_model(input_features=feats, is_longer=is_longer)
+                out = model.audio_model(**self._to_device({"input_features": feats, "is_longer": is_longer}))
                 hidden = out.last_hidden_state  # (n, C, freq, time) with time in order
                 steps = hidden.mean(dim=2).transpose(1, 2)  # (n, T', C)
-                emb = model.audio_projection(out.pooler_output)
-                fr = model.audio_projection(steps)
+                emb = model.audio_projection(out.pooler_output).cpu()
+                fr = model.audio_projection(steps).cpu()
                 t_total = steps.shape[1]
                 for j, p in enumerate(chunk):
                     n_valid = min(t_total, max(1, math.ceil(t_total * p.size / n_win)))
@@ -471,8 +480,8 @@ class HFClapTextEncoder(_HFBase):
 
     kind = "text"
 
-    def __init__(self, path: str | Path):
-        super().__init__(path)
+    def __init__(self, path: str | Path, device: str | None = None):
+        super().__init__(path, device)
 
     @property
     def dim(self) -> int:
@@ -482,7 +491,7 @@ class HFClapTextEncoder(_HFBase):
         return _shared(self.path, "tokenizer", lambda: _load_tokenizer(self.path))
 
     def _parts(self):
-        return self._tokenizer(), _clap_model(self.path)
+        return self._tokenizer(), _clap_model(self)
 
     def settings(self) -> dict[str, Any]:
         return self._settings(max_length=_text_max_length(self._tokenizer(), self.config.text_config), pooling="clap-projection", dim=self.dim)
@@ -503,9 +512,9 @@ class HFClapTextEncoder(_HFBase):
         with torch.inference_mode():
             for sl in batch_slices(len(texts), batch_size, show_progress_bar, desc="clap text"):
                 enc = tok(texts[sl], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-                out = model.text_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-                embs.append(model.text_projection(out.pooler_output))
-                toks.append(model.text_projection(out.last_hidden_state))
+                out = model.text_model(**self._to_device({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}))
+                embs.append(model.text_projection(out.pooler_output).cpu())
+                toks.append(model.text_projection(out.last_hidden_state).cpu())
                 masks.append(enc["attention_mask"].bool())
         tokens, tokens_mask = _pad_token_batches(toks, masks, len(texts), self.dim)
         embedding = torch.cat(embs) if embs else torch.zeros(0, self.dim)
@@ -534,8 +543,8 @@ class HFTextEncoder(_HFBase):
 
     kind = "text"
 
-    def __init__(self, path: str | Path):
-        super().__init__(path)
+    def __init__(self, path: str | Path, device: str | None = None):
+        super().__init__(path, device)
 
     @property
     def dim(self) -> int:
@@ -558,7 +567,7 @@ class HFTextEncoder(_HFBase):
                 model = _freeze(model.get_encoder())
             return model
 
-        return tok, _shared(self.path, "text-model", load)
+        return tok, self._model_on_device("text-model", load)
 
     def settings(self) -> dict[str, Any]:
         return self._settings(max_length=_text_max_length(self._tokenizer(), self.config), pooling="masked-mean", dim=self.dim)
@@ -582,7 +591,7 @@ class HFTextEncoder(_HFBase):
             for sl in batch_slices(len(texts), batch_size, show_progress_bar, desc=f"{self.model_type} text"):
                 enc = tok(texts[sl], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
                 kwargs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-                hidden = model(**kwargs).last_hidden_state.float()
+                hidden = model(**self._to_device(kwargs)).last_hidden_state.float().cpu()
                 mask = enc["attention_mask"].bool()
                 embs.append(masked_mean(hidden, mask))
                 states.append(hidden)
@@ -598,41 +607,41 @@ class HFTextEncoder(_HFBase):
 # registry entries and the CLAP pair
 # --------------------------------------------------------------------------------------------
 @register_audio_encoder("hf", "hf:PATH: local Hugging Face audio model (clap, wav2vec2, hubert, wavlm, whisper encoder)")
-def hf_audio_encoder(path: str, **kwargs: Any):
+def hf_audio_encoder(path: str, device: str | None = None, **kwargs: Any):
     if kwargs:
         raise ConfigError(f"hf:{path}: unexpected options {sorted(kwargs)}")
     mt = model_type(path)
     if mt == "clap":
-        return HFClapAudioEncoder(path)
+        return HFClapAudioEncoder(path, device)
     if mt in SSL_TYPES:
-        return HFSSLAudioEncoder(path)
+        return HFSSLAudioEncoder(path, device)
     if mt == "whisper":
-        return HFWhisperEncoder(path)
+        return HFWhisperEncoder(path, device)
     raise ConfigError(f"hf:{path}: model_type '{mt}' is not a supported audio model (supported: {', '.join(AUDIO_TYPES)}); text models work as text encoders")
 
 
 @register_text_encoder("hf", "hf:PATH: local Hugging Face text model (clap text tower, or any AutoModel + AutoTokenizer, mean pooled)")
-def hf_text_encoder(path: str, **kwargs: Any):
+def hf_text_encoder(path: str, device: str | None = None, **kwargs: Any):
     if kwargs:
         raise ConfigError(f"hf:{path}: unexpected options {sorted(kwargs)}")
     mt = model_type(path)
     if mt == "clap":
-        return HFClapTextEncoder(path)
+        return HFClapTextEncoder(path, device)
     if mt in SSL_TYPES or mt == "whisper":
         raise ConfigError(f"hf:{path}: model_type '{mt}' is an audio model; use it as an audio encoder")
-    return HFTextEncoder(path)
+    return HFTextEncoder(path, device)
 
 
 class ClapPair:
     """Both CLAP towers from one local folder, returning L2-normalised joint-space vectors."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, device: str | None = None):
         mt = model_type(path)
         if mt != "clap":
             raise ConfigError(f"hf:{path}: model_type '{mt}' is not CLAP; a joint audio-text model needs model_type 'clap'")
         self.name = f"hf:{path}"
-        self.audio = HFClapAudioEncoder(path)
-        self.text = HFClapTextEncoder(path)
+        self.audio = HFClapAudioEncoder(path, device)
+        self.text = HFClapTextEncoder(path, device)
         self.sample_rate = self.audio.sample_rate
         self.dim = self.audio.dim
 
@@ -648,7 +657,7 @@ class ClapPair:
         return self.text.encode(texts, batch_size=batch_size, show_progress_bar=show_progress_bar, normalize_embeddings=True)["embedding"]
 
 
-def load_clap_pair(path: str | Path) -> ClapPair:
+def load_clap_pair(path: str | Path, device: str | None = None) -> ClapPair:
     """A :class:`ClapPair` for ``path`` (``hf:`` prefix accepted)."""
     p = str(path)
-    return ClapPair(p[3:] if p.startswith("hf:") else p)
+    return ClapPair(p[3:] if p.startswith("hf:") else p, device)

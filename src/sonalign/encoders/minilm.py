@@ -27,6 +27,7 @@ import torch
 from sonalign.encoders._common import batch_slices, check_texts, finish, l2_normalize, masked_mean, sha256_file
 from sonalign.encoders.base import register_text_encoder
 from sonalign.errors import ConfigError
+from sonalign.utils.device import resolve_device
 
 MAX_LENGTH = 128
 
@@ -57,9 +58,10 @@ class MiniLML6:
     name = "minilm-l6"
     dim = 384
 
-    def __init__(self, path: str | Path | None = None, max_length: int = MAX_LENGTH):
+    def __init__(self, path: str | Path | None = None, max_length: int = MAX_LENGTH, device: str | None = None):
         if int(max_length) < 2:
             raise ConfigError(f"minilm-l6: max_length must be >= 2, got {max_length}")
+        self.device = resolve_device(device)
         self._path = Path(path) if path is not None else None
         self.max_length = int(max_length)
         self._model = None
@@ -84,7 +86,7 @@ class MiniLML6:
                     if model.hidden_size != self.dim:
                         raise ConfigError(f"minilm-l6: expected hidden size {self.dim}, got {model.hidden_size}")
                     self._tokenizer = tok
-                    self._model = model
+                    self._model = model if self.device.type == "cpu" else model.to(self.device)
         return self._tokenizer, self._model
 
     def settings(self) -> dict[str, Any]:
@@ -112,9 +114,9 @@ class MiniLML6:
         embs, states, masks = [], [], []
         with torch.inference_mode():
             for sl in batch_slices(len(texts), batch_size, show_progress_bar, desc="minilm-l6"):
-                enc = tok(texts[sl])
-                hidden = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).float()
-                mask = enc["attention_mask"].bool()
+                enc = {k: v.to(self.device) for k, v in tok(texts[sl]).items()} if self.device.type != "cpu" else tok(texts[sl])
+                hidden = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).float().cpu()
+                mask = enc["attention_mask"].bool().cpu()
                 embs.append(masked_mean(hidden, mask))
                 states.append(hidden)
                 masks.append(mask)

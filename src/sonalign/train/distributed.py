@@ -89,13 +89,16 @@ def init(backend: str | None = None, timeout_minutes: float = 30.0) -> bool:
     """Start the process group from torchrun's environment; returns True if this call started it.
 
     Does nothing (returns False) when not launched with ``WORLD_SIZE > 1`` or when a group is
-    already up. ``backend`` defaults to NCCL when CUDA is available, gloo otherwise.
+    already up. ``backend`` defaults to NCCL when the device (``$SONALIGN_DEVICE``, else auto) is
+    CUDA, gloo otherwise.
     """
     if is_initialized() or launched_world_size() <= 1:
         return False
     if not dist.is_available():
         raise RuntimeError("torch.distributed is not available in this torch build")
-    cuda = torch.cuda.is_available()
+    from sonalign.utils.device import resolve_device
+
+    cuda = resolve_device().type == "cuda"  # --device cpu keeps a GPU machine on gloo
     if cuda:
         torch.cuda.set_device(local_rank())
     backend = backend or ("nccl" if cuda and dist.is_nccl_available() else "gloo")

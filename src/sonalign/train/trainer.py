@@ -44,6 +44,7 @@ from sonalign.train.data import PairedFeatures, build_paired, make_batch, model_
 from sonalign.train.encode import split_scores
 from sonalign.train.prompts import guess_template
 from sonalign.utils.atomic import atomic_path, atomic_write_text
+from sonalign.utils.device import resolve_device
 from sonalign.utils.progress import progress
 
 
@@ -231,7 +232,8 @@ def _train(settings: TrainSettings, *, resume: bool, show_progress: bool, stop_a
         settings.epochs = epochs
     rank, world = (distributed.rank(), distributed.world_size()) if distributed.is_dist() else (0, 1)
     main = rank == 0
-    device = distributed.device() if world > 1 else torch.device("cpu")
+    # one process: --device / $SONALIGN_DEVICE / auto; under torchrun the backend decides (NCCL: cuda:LOCAL_RANK)
+    device = distributed.device() if world > 1 else resolve_device()
     show_progress = show_progress and main
     model_config = get_model_config(settings.config)
     for key, value in settings.model_overrides.items():
