@@ -196,7 +196,7 @@ def main() -> None:
         "ceiling_x_real_time": ceiling, "goal_x_real_time": GOAL_X,
         "needed_cnn_gflops_per_core_alone": needed_cnn_gflops, "needed_cnn_gflops_per_core_with_other_stages": needed_with_rest,
         "end_to_end": {**run, "x_real_time": measured},
-        "command": "python bench/ceiling.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python bench/ceiling.py", *sys.argv[1:]]),
     })
     print(f"wrote {path}")
 

@@ -264,14 +264,25 @@ def limits() -> list[str]:
               "What did help: worker processes (`build_index(workers=...)`, one single-threaded process per core) "
               + (f"index the folders {nt['workers_speedup']}x faster than one process in the same run ({nt['folder_one_process']['x_realtime']}x -> "
                  f"{nt['folder']['x_realtime']}x), " if nt.get("workers_speedup") else "") +
-              "since no OpenMP thread of the CNN waits on a core taken by the VAD. With transcripts, "
+              "since no OpenMP thread of the CNN waits on a core taken by the VAD, and since the workers keep glibc's dynamic mmap "
+              "threshold (next paragraph). With transcripts, "
               "pocketsphinx dominates: on 8 kHz telephone prompts it decodes at about 6x real time per core even with the fast "
               "settings (word recall 0.32 against 0.45 for the full decoder); `--no-transcripts` skips it. A GPU, or a cheaper audio "
-              "encoder, is what 100x needs on this machine.", "",
+              "encoder, is what 100x needs on this machine: `--device cuda` (the default where torch sees a GPU) runs the encoders "
+              "there, but no GPU was available to measure it.", "",
               "Memory against speed: `build_index` fixes glibc's mmap threshold at 1 MiB to stop heap fragmentation from growing "
               "the process with the collection (see Scaling). Measured with `python bench/index.py --no-transcripts` just before and "
               "after that change on the quiet machine: folders 45.8x -> 43.2x real time with peak RSS 1214 -> 874 MiB, the 1-hour file "
-              "66.5x -> 58.0x with 995 -> 777 MiB. Bounded memory on large archives was judged worth the 6-13%.", ""]
+              "66.5x -> 58.0x with 995 -> 777 MiB. Bounded memory on large archives was judged worth the 6-13% in that process. "
+              "The worker processes do not set it: run single-threaded over the same 11 groups (600 asterisk + nonverbal files) in "
+              "one process, the worker code took 65.1 s with the 1 MiB threshold (10.4 s of it in the kernel, zeroing the fresh "
+              "pages of every CNN activation) against 53.3 s without (2.3 s in the kernel), i.e. 22% more. With that change "
+              "the folders went from 49.6x to " + (f"{nt['folder']['x_realtime']}x" if nt else "-") + " real time. The price is memory: "
+              "over four passes of the same 600 files a worker's RSS stayed at 791 MiB, but over the larger, more varied collections "
+              "of bench/scaling.py its heap still fragmented (current RSS 1.38-1.48 GiB part-way through 4x), so a worker now "
+              "trims its heap (`malloc_trim`) after a group once it is above 1 GiB. Worker peaks were then 0.98 / 1.17 / 1.27 / "
+              "1.36 GiB at 1x / 2x / 4x / 8x, against 0.69-0.84 GiB with the fixed threshold in session 3, for 56.8 / 55.3 / 54.5 / "
+              "51.2x real time against 50.7 / 48.1 / 47.8 / 46.1x (different days; see Scaling).", ""]
     return lines
 
 

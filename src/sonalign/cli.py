@@ -217,7 +217,7 @@ def index_cmd(
     strict: bool = typer.Option(False, help="Exit non-zero if any file could not be used."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Where the vectors are searched: 'faiss' (files in IDX, the default) or 'milvus' (a Milvus server or cluster, see --uri). Recorded in the index; later runs, search and serve use it."),
     uri: Optional[str] = typer.Option(None, "--uri", "--milvus-uri", envvar="SONALIGN_MILVUS_URI", help="Milvus address for --backend milvus, e.g. http://milvus.example:19530 (also overrides the recorded one for a server that moved)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes that segment and embed files in parallel (default: one per CPU core, at most 8 and one per 1.5 GiB of RAM; each holds its own models, ~0.7 GiB at peak). 1: everything in this process."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes that segment and embed files in parallel (default: one per CPU core, at most 8 and one per 1.5 GiB of RAM; each holds its own models, 0.85-1.4 GiB at peak). 1: everything in this process."),
     device: Optional[str] = typer.Option(None, "--device", envvar="SONALIGN_DEVICE", help=DEVICE_HELP),
 ) -> None:
     """Chunk, embed and index every recording under FOLDER. Re-running updates only added, changed or deleted files."""

@@ -53,8 +53,12 @@ CNN_BATCH = 64
 WORKER_CNN_BATCH = 32
 #: Most worker processes ``workers=None`` starts.
 MAX_AUTO_WORKERS = 8
-#: RAM per worker that ``workers=None`` assumes: a worker peaked at 0.65-0.8 GiB (models + a
-#: group's CNN activations) in bench/index.py; the margin leaves room for the writer and the OS.
+#: A worker hands freed heap memory back to the system after a group once its RSS is above this
+#: (its steady state is ~0.8 GiB; see _init_worker for why it does not fix the mmap threshold).
+WORKER_TRIM_BYTES = 2**30
+#: RAM per worker that ``workers=None`` assumes: a worker (models + a group's CNN activations)
+#: peaked at 0.84 GiB in bench/index.py and at 0.98-1.36 GiB in bench/scaling.py (4.8k-38.6k
+#: files: the heap still fragments slowly, see _init_worker); the rest is for the writer and the OS.
 WORKER_MEMORY_BYTES = 3 * 2**29  # 1.5 GiB
 
 
@@ -289,16 +293,22 @@ def _init_worker(model: str, transcripts: bool, threads: int) -> None:
     torch.set_num_threads(threads)
     # No fixed mmap threshold here (the writer process keeps it, see build_index): with it, every
     # CNN activation (tens of MB a batch) is a fresh mapping whose pages the kernel zeroes, which
-    # cost a worker ~20% more CPU time; a worker's RSS stayed flat without it over four passes
-    # of 600 files (~0.8 GiB, peak ~0.95 GiB).
+    # cost a worker ~20% more CPU time. Over a large collection a worker's heap still fragments,
+    # so it trims the heap after a group once it is above WORKER_TRIM_BYTES
+    # (_index_group_in_worker); its peak then grew from 0.98 GiB at 4.8k files to 1.36 GiB at
+    # 38.6k (bench/scaling.py), against 0.69-0.84 GiB with the fixed threshold, for 11-12% more speed.
     global _WORKER
     # pocketsphinx runs inside the worker: the workers already fill the cores
     _WORKER = Indexer(None, model, transcripts=transcripts, asr_process=False, cnn_batch=WORKER_CNN_BATCH)
 
 
 def _index_group_in_worker(files: list[tuple[Path, str]]) -> list[FileResult | Failed]:
+    from sonalign.utils.memory import trim_heap_above
+
     assert _WORKER is not None
-    return _WORKER.embed_prepared(_WORKER.prepare_group(files))
+    results = _WORKER.embed_prepared(_WORKER.prepare_group(files))
+    trim_heap_above(WORKER_TRIM_BYTES)
+    return results
 
 
 def _groups_in_process(indexer: Indexer, groups: list[list[tuple[Path, str]]]) -> Iterator[list[FileResult | Failed]]:
@@ -409,10 +419,12 @@ def build_index(
     ``cores // workers`` torch threads, while this process writes the store. ``None`` (default):
     one per CPU core (see :func:`resolve_workers`), at most one per group; 1: all in this process
     (CNN on every core, VAD in a thread beside it). On 2 cores, two single-threaded workers index
-    folders of short clips 1.10-1.16x faster than one process without transcripts and 1.26x
-    faster with them (bench/index.py, same-run references), because the CNN's threads no longer
-    share the cores with the VAD thread. Each worker holds its own models (peak ~0.7 GiB each, the
-    writer ~0.4 GiB, against ~0.9 GiB for one process). A single long file is one group, so it is
+    folders of short clips 1.32x faster than one process without transcripts and 1.34x faster
+    with them (bench/index.py, same-run references), because the CNN's threads no longer share
+    the cores with the VAD thread and workers keep glibc's faster default allocator (see
+    :func:`_init_worker`). Each worker holds its own models (peak ~0.85 GiB on a few thousand
+    files, up to ~1.4 GiB on tens of thousands; the writer ~0.4-0.5 GiB, against ~0.9 GiB for one
+    process). A single long file is one group, so it is
     indexed in this process with every core.
     """
     from sonalign.utils.memory import limit_heap_fragmentation

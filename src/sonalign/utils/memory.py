@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
@@ -31,3 +32,29 @@ def limit_heap_fragmentation(threshold_bytes: int = 1 << 20) -> bool:
     except (OSError, AttributeError):
         return False
     return _DONE
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def trim_heap_above(limit_bytes: int) -> bool:
+    """Hand freed heap memory back to the system (``malloc_trim``) if RSS is above ``limit_bytes``.
+
+    The alternative to :func:`limit_heap_fragmentation` for compute-heavy processes: checking is
+    a read of /proc, and the trim, which makes the next large allocations fault their pages in
+    again, runs only once the process has actually grown. Returns True where it trimmed.
+    """
+    if not sys.platform.startswith("linux") or resident_bytes() <= limit_bytes:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
