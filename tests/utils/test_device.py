@@ -55,3 +55,10 @@ def test_gpu_index_past_the_visible_gpus(monkeypatch, no_env):
 def test_unknown_or_unsupported_devices(no_env, spec):
     with pytest.raises(ConfigError, match=spec):
         resolve_device(spec)
+
+
+def test_to_device_leaves_a_cpu_batch_alone():
+    from sonalign.utils.device import to_device
+
+    batch = {"x": torch.ones(2), "mask": torch.ones(2, dtype=torch.bool)}
+    assert to_device(batch, torch.device("cpu")) is batch

@@ -66,7 +66,7 @@ from sonalign.encoders._common import (
 )
 from sonalign.encoders.base import register_audio_encoder, register_text_encoder
 from sonalign.errors import ConfigError
-from sonalign.utils.device import resolve_device
+from sonalign.utils.device import resolve_device, to_device
 
 SSL_TYPES = ("wav2vec2", "hubert", "wavlm")
 AUDIO_TYPES = ("clap", "whisper", *SSL_TYPES)
@@ -169,9 +169,6 @@ class _HFBase:
         """A model shared per (folder, component, device): loaded once, moved to :attr:`device`."""
         return _shared(self.path, f"{what}@{self.device}", lambda: loader().to(self.device))
 
-    def _to_device(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return tensors if self.device.type == "cpu" else {k: v.to(self.device) for k, v in tensors.items()}
-
     @property
     def config(self):
         """The model's ``PretrainedConfig`` (``AutoConfig``; no weights loaded)."""
@@ -265,7 +262,7 @@ class HFSSLAudioEncoder(_HFBase):
                 kwargs = {"input_values": inputs["input_values"].float()}
                 if use_mask:
                     kwargs["attention_mask"] = inputs["attention_mask"]
-                hidden = model(**self._to_device(kwargs)).last_hidden_state.float().cpu()
+                hidden = model(**to_device(kwargs, self.device)).last_hidden_state.float().cpu()
                 lengths = model._get_feat_extract_output_lengths(torch.tensor([w.size for w in chunk]))
                 for i, n in enumerate(lengths.tolist()):
                     f = hidden[i, : max(1, int(n))]
@@ -336,7 +333,7 @@ class HFWhisperEncoder(_HFBase):
             for sl in batch_slices(len(pieces), batch_size, show_progress_bar, desc="whisper windows"):
                 chunk = [p if p.size else np.zeros(1, np.float32) for p in pieces[sl]]
                 feats = fe(chunk, sampling_rate=self.sample_rate, return_tensors="pt")["input_features"].float()
-                hidden = encoder(**self._to_device({"input_features": feats})).last_hidden_state.float().cpu()
+                hidden = encoder(**to_device({"input_features": feats}, self.device)).last_hidden_state.float().cpu()
                 for j, p in enumerate(pieces[sl]):
                     n_valid = min(max_frames, max(1, math.ceil((p.size // self._hop) / 2)))
                     per_piece.append(hidden[j, :n_valid])
@@ -431,7 +428,7 @@ class HFClapAudioEncoder(_HFBase):
                 inputs = fe(chunk, sampling_rate=self.sample_rate, truncation=truncation, return_tensors="pt")
                 feats = inputs["input_features"].float()
                 is_longer = torch.zeros(len(chunk), 1, dtype=torch.bool)
-                out = model.audio_model(**self._to_device({"input_features": feats, "is_longer": is_longer}))
+                out = model.audio_model(**to_device({"input_features": feats, "is_longer": is_longer}, self.device))
                 hidden = out.last_hidden_state  # (n, C, freq, time) with time in order
                 steps = hidden.mean(dim=2).transpose(1, 2)  # (n, T', C)
                 emb = model.audio_projection(out.pooler_output).cpu()
@@ -480,9 +477,6 @@ class HFClapTextEncoder(_HFBase):
 
     kind = "text"
 
-    def __init__(self, path: str | Path, device: str | None = None):
-        super().__init__(path, device)
-
     @property
     def dim(self) -> int:
         return int(self.config.projection_dim)
@@ -512,7 +506,7 @@ class HFClapTextEncoder(_HFBase):
         with torch.inference_mode():
             for sl in batch_slices(len(texts), batch_size, show_progress_bar, desc="clap text"):
                 enc = tok(texts[sl], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-                out = model.text_model(**self._to_device({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}))
+                out = model.text_model(**to_device({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, self.device))
                 embs.append(model.text_projection(out.pooler_output).cpu())
                 toks.append(model.text_projection(out.last_hidden_state).cpu())
                 masks.append(enc["attention_mask"].bool())
@@ -542,9 +536,6 @@ class HFTextEncoder(_HFBase):
     """Any other model type as a text encoder: ``AutoModel`` + ``AutoTokenizer``, mean pooled."""
 
     kind = "text"
-
-    def __init__(self, path: str | Path, device: str | None = None):
-        super().__init__(path, device)
 
     @property
     def dim(self) -> int:
@@ -591,7 +582,7 @@ class HFTextEncoder(_HFBase):
             for sl in batch_slices(len(texts), batch_size, show_progress_bar, desc=f"{self.model_type} text"):
                 enc = tok(texts[sl], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
                 kwargs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-                hidden = model(**self._to_device(kwargs)).last_hidden_state.float().cpu()
+                hidden = model(**to_device(kwargs, self.device)).last_hidden_state.float().cpu()
                 mask = enc["attention_mask"].bool()
                 embs.append(masked_mean(hidden, mask))
                 states.append(hidden)

@@ -27,7 +27,7 @@ import torch
 from sonalign.encoders._common import batch_slices, check_texts, finish, l2_normalize, masked_mean, sha256_file
 from sonalign.encoders.base import register_text_encoder
 from sonalign.errors import ConfigError
-from sonalign.utils.device import resolve_device
+from sonalign.utils.device import resolve_device, to_device
 
 MAX_LENGTH = 128
 
@@ -114,7 +114,7 @@ class MiniLML6:
         embs, states, masks = [], [], []
         with torch.inference_mode():
             for sl in batch_slices(len(texts), batch_size, show_progress_bar, desc="minilm-l6"):
-                enc = {k: v.to(self.device) for k, v in tok(texts[sl]).items()} if self.device.type != "cpu" else tok(texts[sl])
+                enc = to_device(tok(texts[sl]), self.device)
                 hidden = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).float().cpu()
                 mask = enc["attention_mask"].bool().cpu()
                 embs.append(masked_mean(hidden, mask))

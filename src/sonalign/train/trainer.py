@@ -44,7 +44,7 @@ from sonalign.train.data import PairedFeatures, build_paired, make_batch, model_
 from sonalign.train.encode import split_scores
 from sonalign.train.prompts import guess_template
 from sonalign.utils.atomic import atomic_path, atomic_write_text
-from sonalign.utils.device import resolve_device
+from sonalign.utils.device import resolve_device, to_device
 from sonalign.utils.progress import progress
 
 
@@ -196,10 +196,6 @@ def training_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], n_loca
     return values[0], dict(zip(names, values[1:]))
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return batch if device.type == "cpu" else {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
 def _rank_rng_state(device: torch.device) -> dict[str, Any]:
     return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
@@ -303,7 +299,7 @@ def _train(settings: TrainSettings, *, resume: bool, show_progress: bool, stop_a
         with progress(len(batches), f"epoch {epoch + 1}/{settings.epochs}", disable=not show_progress, unit="batch") as bar:
             for idx in batches:
                 part = local_rows(idx) if world > 1 else idx
-                batch = _to(make_batch(cache, train_data, part, keys), device)
+                batch = to_device(make_batch(cache, train_data, part, keys), device)
                 optimizer.zero_grad(set_to_none=True)
                 loss, terms = training_step(ddp_model, batch, len(part), len(idx))
                 torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)

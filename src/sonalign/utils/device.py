@@ -41,3 +41,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     elif dev.type != "cpu":
         raise ConfigError(f"device '{spec}' is not supported; use auto, cpu, cuda or cuda:N")
     return dev
+
+
+def to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch of named tensors on ``device`` (the same dict, untouched, on the CPU)."""
+    return tensors if device.type == "cpu" else {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
