@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -19,18 +20,27 @@ M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 _DONE = False
 
 
+@functools.lru_cache(maxsize=1)
+def _glibc() -> ctypes.CDLL | None:
+    """The C library where it is glibc on Linux (``mallopt`` and ``malloc_trim`` exist), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
 def limit_heap_fragmentation(threshold_bytes: int = 1 << 20) -> bool:
     """Fix glibc's mmap threshold (once per process). Returns True where it took effect."""
     global _DONE
     if _DONE:
         return True
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _DONE = bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))
-    except (OSError, AttributeError):
-        return False
+    _DONE = bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))
     return _DONE
 
 
@@ -50,11 +60,8 @@ def trim_heap_above(limit_bytes: int) -> bool:
     a read of /proc, and the trim, which makes the next large allocations fault their pages in
     again, runs only once the process has actually grown. Returns True where it trimmed.
     """
-    if not sys.platform.startswith("linux") or resident_bytes() <= limit_bytes:
+    libc = _glibc()
+    if libc is None or resident_bytes() <= limit_bytes:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        return False
+    libc.malloc_trim(0)
     return True
