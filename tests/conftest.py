@@ -101,6 +101,13 @@ class FakeTextEncoder:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory):
+    """sonalign's default cache folder ($SONALIGN_CACHE) in a temporary folder, not the user's home."""
+    os.environ["SONALIGN_CACHE"] = str(tmp_path_factory.mktemp("sonalign-cache"))
+    yield Path(os.environ["SONALIGN_CACHE"])
+
+
+@pytest.fixture(scope="session", autouse=True)
 def fake_encoders():
     """Register ``fake-audio`` / ``fake-text`` so pipeline tests need no model weights."""
     from sonalign.encoders import base

@@ -21,12 +21,40 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
+
+
+def _console(stderr: bool) -> Console:
+    """A console on the current stream. Lines never wrap (``soft_wrap``) and, when the stream is not
+    a terminal (a pipe, a log, a test runner), tables are laid out at their natural width instead of
+    being cut to 80 columns."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(file=stream, width=None if stream.isatty() else 1 << 15, soft_wrap=True, highlight=False)
+
+
+class _Lazy:
+    """``console`` (stderr) and ``out`` (stdout) resolve their stream at each call."""
+
+    def __init__(self, stderr: bool):
+        self.stderr = stderr
+
+    def print(self, *args, **kwargs) -> None:
+        _console(self.stderr).print(*args, **kwargs)
+
+
+console = _Lazy(stderr=True)
+out = _Lazy(stderr=False)
+
+
+def printable(text: object) -> str:
+    """``text`` with control characters escaped (a file name holding a newline cannot forge report
+    lines) and rich markup escaped (a name holding ``[red]`` prints as it is)."""
+    from rich.markup import escape
+
+    return escape("".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text)))
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {printable(message)}")
     raise typer.Exit(code)
 
 
@@ -53,9 +81,9 @@ def _use_device(device: Optional[str]) -> None:
 def _report_failures(failures: list[tuple[str, str]], strict: bool) -> None:
     if not failures:
         return
-    console.print(f"[yellow]{len(failures)} file(s) could not be used:[/]")
+    console.print(f"[yellow]{len(failures)} file(s) or manifest row(s) could not be used (skipped; the rest was processed):[/]")
     for path, why in failures:
-        console.print(f"  {path}: {why}")
+        console.print(f"  {printable(path)}: {printable(why)}")
     if strict:
         raise typer.Exit(1)
 
@@ -176,19 +204,20 @@ def train_cmd(
     summary = _guard(lambda: train(settings, resume=resume))
     if int(os.environ.get("RANK", "0") or 0) == 0:
         console.print(f"best epoch {summary['best_epoch']}: validation primary {summary['best_val_primary']:.4f}; run in {out_dir}")
+        _report_failures([tuple(row) for row in summary.get("skipped_rows", [])], strict=False)
 
 
 @app.command("evaluate")
 def evaluate_cmd(
-    run: Path = typer.Argument(..., help="A run folder made by `sonalign train`."),
+    run: Path = typer.Argument(..., help="A run folder made by `sonalign train`, or 'default' (the packaged model)."),
     data: Path = typer.Option(..., "--data", help="Evaluation source (manifest, captions CSV or folder)."),
     split: str = typer.Option("test", help="Split to evaluate ('all' for every clip)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
-    report: Optional[Path] = typer.Option(None, help="Report folder (JSON, Markdown, PNG plots); default RUN/eval-SPLIT."),
+    report: Optional[Path] = typer.Option(None, "--out", "--report", help="Report folder (JSON, Markdown, PNG plots); default ./eval-MODEL-DATA-SPLIT in the current folder."),
     noise: Optional[Path] = typer.Option(None, help="Folder of real noise recordings (outside the evaluated set) for 15/10/5 dB robustness."),
     probe: Optional[Path] = typer.Option(None, help="Labelled manifest with train/test splits for a linear probe (e.g. EmoDB)."),
     template: Optional[str] = typer.Option(None, help="Prompt template for label-only data (default: the run's)."),
-    cache: Optional[Path] = typer.Option(None, help="Feature cache folder (default: the one the run was trained with, else ./features)."),
+    cache: Optional[Path] = typer.Option(None, help="Feature cache folder (default: the one the run was trained with if it is still there, else $SONALIGN_CACHE/features, by default ~/.cache/sonalign/features)."),
     device: Optional[str] = typer.Option(None, "--device", envvar="SONALIGN_DEVICE", help=DEVICE_HELP),
 ) -> None:
     """Evaluate a trained run: retrieval both ways, zero-shot, noise robustness, linear probe."""
@@ -197,14 +226,18 @@ def evaluate_cmd(
     from sonalign.evaluation.run import evaluate_run
     from sonalign.utils.atomic import atomic_write_text
 
+    from sonalign.evaluation.run import default_report_dir, resolve_run
+
+    run = _guard(lambda: resolve_run(run))
     result = _guard(lambda: evaluate_run(run, data, split=None if split == "all" else split, noise=noise, probe_data=probe, template=template, cache_dir=cache))
     out.print(format_table(result.metrics, title=f"{run} on {data} [{split}]"))
-    paths = write_report(report or run / f"eval-{split}", retrieval=result.retrieval if hasattr(result.retrieval, "ranks") else {"metrics": result.retrieval},
+    paths = write_report(report or default_report_dir(run, data, split), retrieval=result.retrieval if hasattr(result.retrieval, "ranks") else {"metrics": result.retrieval},
                          zeroshot=result.zeroshot, robustness=result.robustness if len(result.robustness) > 1 else None,
                          probe=result.probe or None, metadata=result.metadata)
     if json_path:
         atomic_write_text(json_path, json.dumps({"metrics": result.metrics, "metadata": result.metadata}, indent=2, default=str))
     console.print(f"report: {paths.directory}")
+    _report_failures([tuple(row) for row in result.metadata.get("skipped_rows", [])], strict=False)
 
 
 @app.command("index")
@@ -235,13 +268,13 @@ def index_cmd(
 
 def _print_hits(hits, as_json: bool) -> None:
     if as_json:
-        out.print_json(json.dumps([h.to_dict() for h in hits]))
+        sys.stdout.write(json.dumps([h.to_dict() for h in hits], ensure_ascii=False) + "\n")  # one line, whatever the terminal
         return
     table = Table(show_header=True, header_style="bold")
     for col in ("#", "score", "file", "span", "kind", "transcript"):
         table.add_column(col)
     for n, h in enumerate(hits, 1):
-        table.add_row(str(n), f"{h.score:.3f}", Path(h.path).name, f"{_clock(h.start)} - {_clock(h.end)}", h.kind or "", (h.transcript or "")[:60])
+        table.add_row(str(n), f"{h.score:.3f}", printable(Path(h.path).name), f"{_clock(h.start)} - {_clock(h.end)}", h.kind or "", printable((h.transcript or "")[:60]))
     out.print(table)
 
 
@@ -263,16 +296,17 @@ def search_cmd(
 ) -> None:
     """Find moments in an indexed collection by text or by example audio: files with time spans and scores."""
     _use_device(device)
-    from sonalign.audio.io import load_audio
-    from sonalign.index.build import make_searcher
+    from sonalign.audio.io import check_not_silent, load_audio_query
+    from sonalign.index.query import Searcher
 
     if (query is None) == (audio is None):
         _fail("give either a text QUERY or --audio FILE")
 
     def run():
-        searcher = make_searcher(idx)
+        searcher = Searcher.open(idx)
         if audio is not None:
-            wave, sr = load_audio(audio)
+            wave, sr = load_audio_query(audio, searcher.max_audio_seconds)  # refuses a long file before decoding it
+            check_not_silent(wave, audio)
             return searcher.search_audio(wave, sr, k=k, group_by_file=per_file, path_filter=path)
         return searcher.search(query, k=k, group_by_file=per_file, path_filter=path)
 
@@ -282,17 +316,39 @@ def search_cmd(
 @app.command("serve")
 def serve_cmd(
     idx: Path = typer.Argument(..., help="Index folder made by `sonalign index`."),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind (localhost by default; 0.0.0.0 exposes it)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (localhost by default; 0.0.0.0 exposes it: then also give --api-key-file and --allowed-host)."),
     port: int = typer.Option(8000, help="TCP port."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SONALIGN_API_KEY", help="Require this key (header X-API-Key) on API calls."),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="SONALIGN_API_KEY", help="Require this key (header X-API-Key) on API calls. A key on the command line shows in `ps`: prefer --api-key-file or $SONALIGN_API_KEY. Empty keys are refused."
+    ),
+    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="Read the API key from this file (one line; the trailing newline is dropped)."),
+    allowed_host: list[str] = typer.Option(
+        [],
+        "--allowed-host",
+        help="Also answer requests addressed to this host name (repeatable; '*.example.org' for its subdomains, '*' for any). "
+        "Always answered: localhost, 127.0.0.1, [::1] and the --host address; with --host 0.0.0.0 and no --allowed-host, this machine's host name. Others get 400.",
+    ),
+    paths: str = typer.Option("relative", "--paths", help="How hits show file paths: 'relative' to the indexed folder, or 'absolute' (this machine's own paths)."),
     device: Optional[str] = typer.Option(None, "--device", envvar="SONALIGN_DEVICE", help=DEVICE_HELP),
 ) -> None:
-    """Serve the HTTP API (/search, /segments/ID/audio, /stats, /docs) and the search page at /."""
+    """Serve the HTTP API (/search, /segments/ID/audio, /stats; /docs lists it) and the search page at /.
+
+    Slow clients are disconnected, every response carries security headers (CSP, nosniff, no framing)
+    and the access log shows api_key=*** instead of a key given in a URL.
+    """
+    import os
+
     _use_device(device)
     from sonalign.index.build import searcher_for_store
-    from sonalign.serve.app import run_server
+    from sonalign.serve.app import read_api_key_file, run_server
 
-    _guard(lambda: run_server(idx, host=host, port=port, api_key=api_key, searcher_factory=searcher_for_store))
+    if api_key is not None and api_key_file is not None:
+        _fail("give the API key once: --api-key (or $SONALIGN_API_KEY) or --api-key-file, not both")
+    if api_key is None and api_key_file is None and os.environ.get("SONALIGN_API_KEY") is not None:
+        _fail("$SONALIGN_API_KEY is set but empty: set it to the key, or unset it to serve without one")
+    if api_key_file is not None:
+        api_key = _guard(lambda: read_api_key_file(api_key_file))
+    _guard(lambda: run_server(idx, host=host, port=port, api_key=api_key, searcher_factory=searcher_for_store, allowed_hosts=allowed_host, paths=paths))
 
 
 @app.command("demo")
@@ -316,21 +372,36 @@ def demo_cmd(
 
 
 def _guard(fn):
-    """Run ``fn``; turn sonalign's own errors and missing files into one clear line, exit 2."""
-    from sonalign.errors import SonalignError
+    """Run ``fn``; turn sonalign's own errors, bad values and operating-system errors (permissions,
+    disk full, read-only filesystem, missing files) into one clear line, exit 2."""
+    from sonalign.errors import SonalignError, describe_os_error
 
     try:
         return fn()
-    except (SonalignError, FileNotFoundError, ValueError) as exc:
+    except FileNotFoundError as exc:
+        _fail(str(exc) if exc.filename is None else describe_os_error(exc))
+    except (SonalignError, ValueError) as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(describe_os_error(exc))
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see main): the work stopped cleanly
+        console.print("stopped: what was committed is kept; run the same command again to continue")
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, systemd and CI send), handled like Ctrl-C: stop cleanly."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
 
 
 def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    app()
 
 
 if __name__ == "__main__":

@@ -36,3 +36,24 @@ class ConfigError(SonalignError):
 
 class IndexCorruptError(SonalignError):
     """An index on disk that cannot be read; the message says how to rebuild it."""
+
+
+class StorageError(SonalignError):
+    """The operating system refused a read or write (permissions, disk full, read-only filesystem,
+    a lock held by another process); the message names the path and what to do."""
+
+
+def describe_os_error(exc: OSError, action: str = "") -> str:
+    """One line for an operating-system error: the path, what went wrong and what to do."""
+    import errno
+
+    where = exc.filename if exc.filename is not None else "a file"
+    what = exc.strerror or str(exc) or type(exc).__name__
+    advice = {
+        errno.EACCES: "check its permissions, or choose another location",
+        errno.EPERM: "check its permissions, or choose another location",
+        errno.ENOSPC: "the disk is full: free some space and run the same command again (committed work is kept)",
+        errno.EROFS: "it is on a read-only filesystem: choose a writable location",
+        errno.EDQUOT: "the disk quota is exceeded: free some space and run again",
+    }.get(exc.errno or 0, "")
+    return f"{where}: {what}" + (f" while {action}" if action else "") + (f"; {advice}" if advice else "")

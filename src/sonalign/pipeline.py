@@ -6,14 +6,8 @@ from pathlib import Path
 
 from sonalign.audio.io import find_audio_files
 from sonalign.errors import AudioError
-from sonalign.segments import Segment, write_segments
+from sonalign.segments import Segment, recording_id_for, write_segments
 from sonalign.utils.progress import progress
-
-
-def recording_id_for(path: Path, root: Path | None) -> str:
-    """Readable, deterministic recording id: the path below ``root`` without suffix, '/' -> '__'."""
-    rel = path.relative_to(root) if root is not None and root in path.parents else Path(path.name)
-    return rel.with_suffix("").as_posix().replace("/", "__")
 
 
 def chunk_files(

@@ -58,6 +58,15 @@ class Segment:
         )
 
 
+def recording_id_for(path: Path, root: Path | None) -> str:
+    """Readable, deterministic recording id, unique by construction among the files under ``root``:
+    the path below ``root`` with its extension (``x/y.flac``; ``song.wav`` and ``song.flac`` differ).
+    Links are not resolved, so files reached through two linked folders keep distinct ids."""
+    path = Path(path)
+    rel = path.relative_to(root) if root is not None and path.is_relative_to(root) else Path(path.name)
+    return rel.as_posix()
+
+
 def segment_id(recording_id: str, index: int) -> str:
     return f"{recording_id}-{index:05d}"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sonalign.audio.io import audio_info, find_audio_files, load_audio, stream_audio
+from sonalign.audio.io import audio_info, find_audio_files, load_audio, load_audio_query, stream_audio
 from sonalign.errors import AudioError
 
 
@@ -218,3 +218,89 @@ def test_find_audio_files_follows_folder_links_once(tmp_path):
     os.symlink(real, top / "linked", target_is_directory=True)
     os.symlink(top, real / "loop", target_is_directory=True)  # a cycle
     assert [p.relative_to(top).as_posix() for p in find_audio_files(top)] == ["linked/a.wav"]
+
+
+# ----------------------------------------------------------------------------- query clips
+
+
+def silent_flac(seconds: float, sr: int, channels: int, *, unknown_length: bool = False) -> bytes:
+    """A silent FLAC written block by block; ``unknown_length`` zeroes STREAMINFO's total-samples field."""
+    import io
+
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", samplerate=sr, channels=channels, format="FLAC") as f:
+        block = np.zeros((sr * 10, channels), np.float32)
+        for _ in range(int(seconds // 10)):
+            f.write(block)
+    data = bytearray(buf.getvalue())
+    if unknown_length:  # "fLaC", block header, then 13 bytes into STREAMINFO: 36 bits of total samples
+        data[21] &= 0xF0
+        data[22:26] = b"\0\0\0\0"
+    return bytes(data)
+
+
+def test_load_audio_query_reads_paths_bytes_and_files_as_mono(tmp_path):
+    import io
+
+    sr = 16000
+    left, right = tone(1.0, sr, 440), tone(1.0, sr, 1000, amp=0.2)
+    path = tmp_path / "q.flac"
+    sf.write(path, np.stack([left, right], axis=1), sr)
+    expected, _ = load_audio(path)
+    for source in (path, str(path), path.read_bytes(), io.BytesIO(path.read_bytes())):
+        wave, rate = load_audio_query(source, 5.0)
+        assert rate == sr and wave.dtype == np.float32 and wave.ndim == 1
+        np.testing.assert_allclose(wave, expected, atol=1e-6)
+
+
+def test_load_audio_query_refuses_a_long_clip_from_its_header(monkeypatch):
+    """Ten minutes of stereo silence against a 2 s limit: refused before a single frame is decoded."""
+    data = silent_flac(600, 48000, 2)
+    reads = []
+    real_read = sf.SoundFile.read
+    monkeypatch.setattr(sf.SoundFile, "read", lambda self, *a, **k: reads.append(a) or real_read(self, *a, **k))
+    with pytest.raises(AudioError, match=r"too long \(600 s; at most 2 s\)") as err:
+        load_audio_query(data, 2.0, name="long.flac")
+    assert err.value.path == "long.flac" and reads == []
+
+
+def test_load_audio_query_stops_decoding_at_the_limit_when_the_length_is_unknown():
+    """A FLAC whose header does not say its length: decoding stops after the limit, memory stays small."""
+    import tracemalloc
+
+    data = silent_flac(600, 48000, 2, unknown_length=True)  # decoded whole: 600 s x 48 kHz x 2 x 4 bytes
+    tracemalloc.start()
+    try:
+        with pytest.raises(AudioError, match=r"too long \(more than 1 s\)"):
+            load_audio_query(data, 1.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 600 * 48000 * 2 * 4 / 20
+    wave, rate = load_audio_query(data, 700.0)  # within the limit it reads to the end
+    assert rate == 48000 and wave.size == 600 * 48000
+
+
+def test_load_audio_query_mp3_length_is_checked_while_decoding(tmp_path):
+    path = tmp_path / "q.mp3"
+    sf.write(path, tone(3.0, 22050), 22050)
+    with pytest.raises(AudioError, match=r"too long \(more than 2 s\)"):
+        load_audio_query(path, 2.0)
+    wave, rate = load_audio_query(path, 5.0)
+    assert rate == 22050 and abs(wave.size - 3 * 22050) <= 0.05 * 3 * 22050
+
+
+def test_load_audio_query_errors_name_the_source(tmp_path):
+    import io
+
+    with pytest.raises(AudioError, match="could not decode the audio") as err:
+        load_audio_query(b"not audio at all", 5.0, name="notes.wav")
+    assert str(err.value).startswith("notes.wav: ") and "BytesIO" not in str(err.value)
+    with pytest.raises(AudioError, match="no such file"):
+        load_audio_query(tmp_path / "missing.wav", 5.0)
+    with pytest.raises(AudioError, match="^uploaded audio: "):
+        load_audio_query(b"", 5.0)
+    hi = io.BytesIO()
+    sf.write(hi, np.zeros(100, np.float32), 384000, format="WAV")
+    with pytest.raises(AudioError, match="sample rate 384000 Hz"):
+        load_audio_query(hi.getvalue(), 5.0)

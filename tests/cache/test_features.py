@@ -1,6 +1,7 @@
 """Feature cache: resumable, idempotent, bit-identical, reports bad files and goes on."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
@@ -93,10 +94,10 @@ def test_bad_files_are_reported_and_the_rest_processed(tmp_path, make_wav):
     report = extract_features(manifest, tmp_path / "cache", SETTINGS, show_progress=False)
     assert report.encoded == 2
     failed = {p.rsplit("/", 1)[-1]: why for p, why in report.failures}
-    assert set(failed) == {"corrupt.wav", "empty.wav", "silent.wav", "missing.wav"}
-    assert "empty" in failed["empty.wav"] and "silent" in failed["silent.wav"]
+    assert set(failed) == {"corrupt.wav", "empty.wav", "silent.wav", "manifest.jsonl:6"}  # a missing file: its manifest line
+    assert "empty" in failed["empty.wav"] and "silent" in failed["silent.wav"] and "missing.wav does not exist" in failed["manifest.jsonl:6"]
     errors = (tmp_path / "cache" / "views").rglob("errors.jsonl")
-    assert sum(1 for _ in next(errors).open()) == 4
+    assert sum(1 for _ in next(errors).open()) == 3  # the files that failed to decode
 
 
 def test_changing_segmenter_settings_changes_the_key(tmp_path):
@@ -136,3 +137,25 @@ def test_long_recordings_are_encoded_in_bounded_groups(tmp_path, make_wav, monke
     assert sizes == [2, 2, 2] and data["embedding"].shape[0] == 6
     eager = cache.encode_segments([waves[i] for i in range(6)], segments)
     np.testing.assert_array_equal(data["embedding"], eager["embedding"])
+
+
+def test_separate_runs_write_byte_identical_files(tmp_path, make_wav):
+    """Tools that hash outputs (DVC, make, rsync) must see an unchanged cache as unchanged: each
+    process orders safetensors' metadata map its own way, so every run is its own process here."""
+    import os
+    import subprocess
+    import sys
+
+    manifest = _source(tmp_path, make_wav, n=6)
+    script = (
+        "import sys, importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('c', {str(Path(__file__).parents[1] / 'conftest.py')!r}); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "from sonalign.encoders import base; base._AUDIO['fake-audio'] = m.FakeAudioEncoder; base._TEXT['fake-text'] = m.FakeTextEncoder\n"
+        "from sonalign.cache.features import FeatureSettings, extract_features\n"
+        "extract_features(sys.argv[1], sys.argv[2], FeatureSettings(audio_encoder='fake-audio', text_encoder='fake-text'), show_progress=False)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for out in ("a", "b", "c"):
+        subprocess.run([sys.executable, "-c", script, str(manifest), str(tmp_path / out)], check=True, env=env)
+    trees = [{p.relative_to(tmp_path / out): p.read_bytes() for p in sorted((tmp_path / out).rglob("*.safetensors"))} for out in ("a", "b", "c")]
+    assert len(trees[0]) == 7 and trees[0] == trees[1] == trees[2]  # 6 recordings + 1 text shard

@@ -1,6 +1,7 @@
 """The command line: help texts, clear errors, and the real default pipeline on the bundled sample."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -35,7 +36,7 @@ def test_chunk_writes_segments_and_reports_bad_files(tmp_path, make_wav):
     result = runner.invoke(app, ["chunk", str(tmp_path / "in"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = [json.loads(l) for l in out.open()]
-    assert rows and rows[0]["recording_id"] == "a" and rows[0]["id"] == "a-00000"
+    assert rows and rows[0]["recording_id"] == "a.wav" and rows[0]["id"] == "a.wav-00000"
     assert "bad.wav" in result.output
     strict = runner.invoke(app, ["chunk", str(tmp_path / "in"), "--out", str(out), "--strict"])
     assert strict.exit_code == 1
@@ -71,3 +72,139 @@ def test_device_option_is_checked_before_any_work(tmp_path):
     if not torch.cuda.is_available():
         result = runner.invoke(app, ["features", str(tmp_path), "--out", str(tmp_path / "f"), "--device", "cuda"])
         assert result.exit_code == 2 and "no CUDA GPU" in result.output
+
+
+def test_error_is_one_line_whatever_the_path_length(tmp_path):
+    deep = tmp_path.joinpath(*["a-rather-long-folder-name"] * 12) / "nothing"
+    result = runner.invoke(app, ["search", str(deep), "a dog"])
+    assert result.exit_code == 2
+    (line,) = [l for l in result.output.splitlines() if l.strip()]
+    assert "no sonalign index here" in line and str(deep) in line
+
+
+def test_tables_are_not_cut_when_output_is_not_a_terminal(capsys):
+    from sonalign.cli import _print_hits
+    from sonalign.index.query import Hit
+
+    name = "a-recording-with-a-long-descriptive-file-name-from-the-phone-prompts-archive.flac"
+    hit = Hit("s-1", f"/data/{name}", 1.5, 2.4, 0.5, "speech", "goodbye and thank you " * 4, "r", 1)
+    _print_hits([hit], False)
+    assert name in capsys.readouterr().out
+    _print_hits([hit, hit], True)
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 1 and json.loads(printed)[0]["path"] == f"/data/{name}"
+
+
+def test_file_names_cannot_forge_report_lines(capsys):
+    from sonalign.cli import _report_failures
+
+    _report_failures([("/data/evil\nerror: [red]everything failed[/red].wav", "unreadable")], strict=False)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "evil\\nerror: [red]everything failed[/red].wav: unreadable" in lines[1]
+
+
+@pytest.mark.parametrize("error, expected", [
+    (PermissionError(13, "Permission denied", "/srv/idx/meta.sqlite"), "/srv/idx/meta.sqlite: Permission denied; check its permissions"),
+    (OSError(28, "No space left on device", "/srv/idx/vectors.faiss"), "/srv/idx/vectors.faiss: No space left on device; the disk is full"),
+    (OSError(30, "Read-only file system", "/srv/idx/.writer.lock"), "/srv/idx/.writer.lock: Read-only file system; it is on a read-only filesystem"),
+])
+def test_os_errors_are_one_line_exit_2(tmp_path, monkeypatch, error, expected):
+    import sonalign.index.build as build
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(build, "build_index", fail)
+    result = runner.invoke(app, ["index", str(tmp_path), "--out", str(tmp_path / "idx")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = [l for l in result.output.splitlines() if l.strip()]
+    assert expected in line
+
+
+def test_sigterm_stops_indexing_and_its_workers(tmp_path):
+    """What `timeout`, systemd and CI send: the run stops cleanly (exit 143), no worker is left,
+    and the index opens."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(8000) / 16000
+    (tmp_path / "audio").mkdir()
+    for i in range(160):  # several groups of files: two worker processes
+        wave = np.concatenate([np.zeros(12000), 0.3 * np.sin(2 * np.pi * (300 + 5 * i) * t), np.zeros(12000)])
+        sf.write(tmp_path / "audio" / f"{i:03d}.wav", wave, 16000)
+    exe = Path(sys.executable).with_name("sonalign")
+    proc = subprocess.Popen([str(exe), "index", str(tmp_path / "audio"), "--out", str(tmp_path / "idx"), "--no-transcripts", "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "SONALIGN_DEVICE": "cpu"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_descendants(proc.pid)) < 2 and proc.poll() is None:
+        time.sleep(0.1)
+    children = _descendants(proc.pid)
+    assert len(children) >= 2, proc.communicate()
+    time.sleep(1.0)  # the workers are loading their models or embedding
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "stopped" in err
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in children):
+        time.sleep(0.1)
+    assert not [p for p in children if Path(f"/proc/{p}").exists()]
+    from sonalign.index.store import IndexStore
+
+    with IndexStore.open(tmp_path / "idx", readonly=True) as store:
+        assert store.stats()["counts"]["recordings"] < 160
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*") if Path(f"/proc/{parent}/task").exists() else []:
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def test_evaluating_the_packaged_model_writes_nothing_into_the_package(tmp_path, monkeypatch, user_cache):
+    import numpy as np
+    import soundfile as sf
+
+    from sonalign.index.embedders import default_model_dir
+
+    package_files = sorted(p.name for p in default_model_dir().iterdir())
+    t = np.arange(16000) / 16000
+    for label, freq in (("beep", 1000), ("hum", 120)):
+        for i in range(2):
+            (tmp_path / "data" / label).mkdir(parents=True, exist_ok=True)
+            sf.write(tmp_path / "data" / label / f"{i}.wav", (0.3 * np.sin(2 * np.pi * (freq + 20 * i) * t)).astype(np.float32), 16000)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["evaluate", "default", "--data", str(tmp_path / "data"), "--split", "all"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in default_model_dir().iterdir()) == package_files
+    assert (tmp_path / "eval-default-data-all" / "report.json").exists()
+    assert not (tmp_path / "features").exists() and any((user_cache / "features").iterdir())
+
+
+def test_features_reports_bad_manifest_rows_by_line_and_processes_the_rest(tmp_path, make_wav):
+    import numpy as np
+
+    make_wav("d/a.wav", (0.3 * np.sin(np.arange(16000) / 5)).astype(np.float32))
+    rows = [{"id": "a", "audio": "a.wav", "captions": ["a hum"], "license": "CC0-1.0"},
+            {"id": "b", "audio": "missing.wav", "captions": ["gone"]},
+            {"id": "c", "audio": "a.wav", "captions": []}]
+    (tmp_path / "d" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = runner.invoke(app, ["features", str(tmp_path / "d" / "manifest.jsonl"), "--out", str(tmp_path / "f"),
+                                 "--audio-encoder", "fake-audio", "--text-encoder", "fake-text"])
+    assert result.exit_code == 0, result.output
+    assert "encoded 1 clips" in result.output
+    assert "manifest.jsonl:2: field 'audio'" in result.output and "manifest.jsonl:3: field 'captions'" in result.output

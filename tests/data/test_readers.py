@@ -13,6 +13,8 @@ def _write(path, text):
 
 def test_jsonl_manifest_resolves_audio_and_fields(tmp_path):
     m = _write(tmp_path / "manifest.jsonl", json.dumps({"id": "a", "audio": "audio/a.wav", "split": "test", "label": 3, "captions": ["x", "y"], "speaker": 7, "extra": 1}) + "\n\n")
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / "a.wav").write_bytes(b"")
     (clip,) = load_clips(m)
     assert clip.audio == str((tmp_path / "audio" / "a.wav").resolve())
     assert clip.label == "3" and clip.speaker == "7" and clip.captions == ["x", "y"]
@@ -31,23 +33,28 @@ def test_jsonl_manifest_resolves_audio_and_fields(tmp_path):
 )
 def test_jsonl_manifest_errors_name_line_and_field(tmp_path, line, field):
     m = _write(tmp_path / "m.jsonl", '{"id": "ok", "audio": "ok.wav"}\n' + line + "\n")
+    (tmp_path / "ok.wav").write_bytes(b"")
+    (tmp_path / "a.wav").write_bytes(b"")
     with pytest.raises(ManifestError) as err:
-        load_clips(m)
+        load_clips(m, strict=True)
     assert err.value.line == 2 and err.value.field == field
     assert "m.jsonl:2" in str(err.value)
 
 
 def test_jsonl_bad_json_and_duplicates(tmp_path):
     with pytest.raises(ManifestError, match="not valid JSON"):
-        load_clips(_write(tmp_path / "a.jsonl", "{oops\n"))
+        load_clips(_write(tmp_path / "a.jsonl", "{oops\n"), strict=True)
     dup = '{"id": "a", "audio": "a.wav"}\n' * 2
+    (tmp_path / "a.wav").write_bytes(b"")
     with pytest.raises(ManifestError, match="duplicate id"):
-        load_clips(_write(tmp_path / "b.jsonl", dup))
+        load_clips(_write(tmp_path / "b.jsonl", dup), strict=True)
 
 
 def test_split_filter(tmp_path):
     rows = [{"id": str(i), "audio": f"{i}.wav", "split": s} for i, s in enumerate(["train", "test", "test"])]
     m = _write(tmp_path / "m.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    for i in range(3):
+        (tmp_path / f"{i}.wav").write_bytes(b"")
     assert [c.id for c in load_clips(m, split="test")] == ["1", "2"]
 
 
@@ -73,7 +80,7 @@ def test_audiocaps_groups_captions_and_finds_files(tmp_path):
 def test_audiocaps_missing_caption(tmp_path):
     csv = _write(tmp_path / "train.csv", "audiocap_id,youtube_id,start_time,caption\n1,abc,30,\n")
     with pytest.raises(ManifestError, match="caption"):
-        load_clips(csv)
+        load_clips(csv, strict=True)
 
 
 def test_unknown_csv(tmp_path):
@@ -88,7 +95,7 @@ def test_folder_per_class_and_plain_folder(tmp_path, make_wav):
     make_wav("classes/dog/1.wav", w)
     make_wav("classes/cat/2.flac", w)
     labels = {c.id: c.label for c in load_clips(tmp_path / "classes")}
-    assert labels == {"cat__2": "cat", "dog__1": "dog"}
+    assert labels == {"cat/2.flac": "cat", "dog/1.wav": "dog"}
     make_wav("plain/x.wav", w)
     make_wav("plain/sub/y.wav", w)
     assert {c.label for c in load_clips(tmp_path / "plain")} == {None}
@@ -103,3 +110,34 @@ def test_real_manifests_load(shared_data):
     from pathlib import Path
 
     assert all(Path(c.audio).exists() for c in clotho)
+
+
+def test_bad_rows_are_reported_by_line_and_the_rest_loads(tmp_path):
+    """The sfx manifest's shape: captions lists, label, license, source; a bad row never stops the load."""
+    (tmp_path / "a.ogg").write_bytes(b"")
+    good = {"id": "ok", "audio": "a.ogg", "split": "train", "label": "dog barking", "captions": ["dog barking", "a dog barks"], "license": "CC0-1.0", "source": "x"}
+    rows = [
+        good,
+        {**good, "id": "no-captions", "captions": []},
+        {**good, "id": "bad-licence", "license": 7},
+        {**good, "id": "missing-file", "audio": "gone.ogg"},
+        {**good, "id": "ok2", "license": "GPL-2.0-or-later OR CC-BY-SA-2.0"},
+    ]
+    m = _write(tmp_path / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    clips = load_clips(m)
+    assert [c.id for c in clips] == ["ok", "ok2"]
+    assert clips[0].captions == ["dog barking", "a dog barks"] and clips[0].license == "CC0-1.0" and clips[0].source == "x"
+    assert [(p.line, p.field) for p in clips.problems] == [(2, "captions"), (3, "license"), (4, "audio"), (6, None)]
+    assert all(str(p).startswith(f"{m}:") for p in clips.problems)
+
+
+def test_real_sfx_manifest_loads_with_licences(shared_data):
+    from sonalign.data.licences import allows_shipped_weights
+
+    clips = load_clips(shared_data / "sfx" / "manifest.jsonl")
+    assert len(clips) == 1638 and not clips.problems
+    assert {c.split for c in clips} == {"train", "val", "test", "zeroshot"}
+    assert all(len(c.captions) >= 2 and c.license for c in clips)
+    shippable = [c for c in clips if allows_shipped_weights(c.license)]
+    assert 0 < len(shippable) < len(clips)
+    assert not any(allows_shipped_weights(c.license) for c in clips if c.license.startswith(("GPL", "GFDL")) and " OR " not in c.license.upper())

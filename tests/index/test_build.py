@@ -76,7 +76,7 @@ def test_incremental_updates_and_failures(tmp_path, fake_run):
     with IndexStore.open(idx, readonly=True) as store:
         recs = store.recordings()
         assert sorted(Path(p).name for p in recs) == ["new.wav", "r0.wav", "r2.wav"]
-        assert len(store.recording_segments("r0")) == 3
+        assert len(store.recording_segments("r0.wav")) == 3
         assert store.stats()["counts"]["segments"] == 3 + 2 + 1
 
 
@@ -87,11 +87,11 @@ def test_search_returns_files_and_spans(tmp_path, fake_run):
     build_index(folder, tmp_path / "idx", model=str(fake_run), transcripts=False, show_progress=False, workers=1)
     searcher = make_searcher(tmp_path / "idx")
     hits = searcher.search("a tone", k=5)
-    assert len(hits) == 2 and {h.segment_id for h in hits} == {"x-00000", "x-00001"}
+    assert len(hits) == 2 and {h.segment_id for h in hits} == {"x.wav-00000", "x.wav-00001"}
     for h in hits:
         assert h.path.endswith("x.wav") and h.end > h.start
     by_example = searcher.search_audio(wave[int(spans[1][0] * 16000) : int(spans[1][1] * 16000)], 16000, k=1)
-    assert by_example[0].segment_id == "x-00001"  # the same sound finds its own span first
+    assert by_example[0].segment_id == "x.wav-00001"  # the same sound finds its own span first
 
 
 def test_kill_9_midway_then_rerun_is_consistent(tmp_path, fake_run):
@@ -116,7 +116,7 @@ def test_kill_9_midway_then_rerun_is_consistent(tmp_path, fake_run):
     with IndexStore.open(idx, readonly=True) as store:
         assert len(store.recordings()) == 12
         assert store.stats()["counts"]["segments"] == 36  # 3 events per file: no duplicate, none lost
-        ids = [s.id for r in store.recordings() for s in store.recording_segments(Path(r).stem)]
+        ids = [s.id for r in store.recordings() for s in store.recording_segments(Path(r).name)]
         assert len(ids) == len(set(ids)) == 36
 
 
@@ -140,7 +140,7 @@ def test_short_sound_without_background_is_one_whole_file_segment(tmp_path, fake
     report = build_index(tmp_path / "audio", tmp_path / "idx", model=str(fake_run), transcripts=False, show_progress=False, workers=1)
     assert report.added == 1 and [Path(p).name for p, _ in report.failures] == ["silent.wav"]
     with IndexStore.open(tmp_path / "idx", readonly=True) as store:
-        (seg,) = store.recording_segments("beep")
+        (seg,) = store.recording_segments("beep.wav")
         assert seg.start == 0.0 and abs(seg.duration - 0.3) < 1e-3
 
 
@@ -163,8 +163,8 @@ def test_grouped_files_get_the_segments_and_vectors_of_one_file_at_a_time(tmp_pa
     try:
         for i in range(5):
             path = folder / f"f{i}.wav"
-            alone = segment_for_index(path, f"f{i}")
-            rows = store.recording_segments(f"f{i}")
+            alone = segment_for_index(path, f"f{i}.wav")
+            rows = store.recording_segments(f"f{i}.wav")
             assert [(r.id, round(r.start, 4), round(r.duration, 4), r.kind) for r in rows] == \
                 [(s.id, round(s.start, 4), round(s.duration, 4), s.custom["kind"]) for s in alone]
             from sonalign.audio.io import load_audio
@@ -282,3 +282,127 @@ def test_resolve_workers(monkeypatch):
     assert build.resolve_workers(None, 100) == 1
     with pytest.raises(ValueError):
         build.resolve_workers(0, 5)
+
+
+def _index(folder, idx, run):
+    return build_index(folder, idx, model=str(run), transcripts=False, show_progress=False, workers=1)
+
+
+def test_retrained_weights_are_refused_and_never_recorded(tmp_path, fake_run):
+    """A run folder retrained in place (same path, new weights): index and search refuse, and the
+    index keeps the hash of the weights its vectors were made with."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from sonalign.errors import ConfigError
+    from sonalign.index.embedders import _EMBEDDERS
+    from sonalign.index.query import Searcher
+
+    run = tmp_path / "run"
+    shutil.copytree(fake_run, run)
+    write(tmp_path / "audio" / "a.wav", events([500, 900])[0])
+    _index(tmp_path / "audio", tmp_path / "idx", run)
+    with IndexStore.open(tmp_path / "idx", readonly=True) as store:
+        before = store.settings["weights_sha256"]
+    weights = load_file(str(run / "model.safetensors"))
+    save_file({k: (v + 0.5 * torch.randn_like(v)).contiguous() if v.is_floating_point() else v for k, v in weights.items()}, str(run / "model.safetensors"))
+    _EMBEDDERS.pop(str(run), None)  # a new process would load the new weights
+    with pytest.raises(ConfigError, match="--rebuild"):
+        _index(tmp_path / "audio", tmp_path / "idx", run)
+    with pytest.raises(ConfigError, match="--rebuild"):
+        Searcher.open(tmp_path / "idx")
+    with IndexStore.open(tmp_path / "idx", readonly=True) as store:
+        assert store.settings["weights_sha256"] == before
+    rebuilt = build_index(tmp_path / "audio", tmp_path / "idx", model=str(run), rebuild=True, transcripts=False, show_progress=False, workers=1)
+    assert rebuilt.added == 1
+    assert Searcher.open(tmp_path / "idx").search("a tone", k=1)
+
+
+def test_files_whose_names_collide_all_get_distinct_ids(tmp_path, fake_run):
+    folder = tmp_path / "audio"
+    for i, name in enumerate(["song.wav", "song.flac", "x/y.flac", "x__y.wav"]):
+        write(folder / name, events([400 + 150 * i, 900], seed=i)[0])
+    for side in ("left", "right"):  # two linked folders holding the same file names
+        write(tmp_path / "elsewhere" / side / "take.wav", events([700, 1200], seed=len(side))[0])
+        os.symlink(tmp_path / "elsewhere" / side, folder / f"link-{side}")
+    report = _index(folder, tmp_path / "idx", fake_run)
+    assert report.added == 6 and not report.failures
+    with IndexStore.open(tmp_path / "idx", readonly=True) as store:
+        ids = sorted(store.recording(rid).id for rid in ("song.wav", "song.flac", "x/y.flac", "x__y.wav", "link-left/take.wav", "link-right/take.wav"))
+        assert len(set(ids)) == 6
+    from sonalign.data.readers import load_clips
+
+    clip_ids = [c.id for c in load_clips(folder)]
+    assert len(clip_ids) == len(set(clip_ids)) == 6
+
+
+def test_a_recording_id_taken_by_another_root_is_disambiguated(tmp_path, fake_run):
+    for root in ("a", "b"):
+        write(tmp_path / root / "take.wav", events([500 if root == "a" else 1500, 900])[0])
+        assert _index(tmp_path / root, tmp_path / "idx", fake_run).added == 1
+    with IndexStore.open(tmp_path / "idx", readonly=True) as store:
+        ids = sorted(r.id for r in (store.db.recording_by_path(p) for p in store.recordings()))
+    assert ids[0] == "take.wav" and ids[1].startswith("take.wav~") and len(ids) == 2
+
+
+def test_a_file_that_turns_corrupt_or_a_removed_link_leaves_the_index(tmp_path, fake_run):
+    folder = tmp_path / "audio"
+    write(folder / "good.wav", events([500, 900])[0])
+    write(folder / "soon-broken.wav", events([1500, 700], seed=3)[0])
+    write(tmp_path / "outside" / "linked.wav", events([1100], seed=4)[0])
+    os.symlink(tmp_path / "outside" / "linked.wav", folder / "linked.wav")
+    assert _index(folder, tmp_path / "idx", fake_run).added == 3
+    (folder / "soon-broken.wav").write_bytes(np.random.default_rng(0).bytes(20000))
+    (folder / "linked.wav").unlink()
+    report = _index(folder, tmp_path / "idx", fake_run)
+    assert [Path(p).name for p, _ in report.failures] == ["soon-broken.wav"] and report.removed == 1
+    with IndexStore.open(tmp_path / "idx", readonly=True) as store:
+        assert sorted(Path(p).name for p in store.recordings()) == ["good.wav"]
+        assert store.stats()["counts"]["segments"] == 2
+
+
+def test_same_size_edit_with_restored_mtime_is_reindexed(tmp_path, fake_run):
+    folder = tmp_path / "audio"
+    write(folder / "a.wav", events([500, 900])[0])
+    _index(folder, tmp_path / "idx", fake_run)
+    st = (folder / "a.wav").stat()
+    write(tmp_path / "edited.wav", events([1500, 700], seed=5)[0])
+    assert (tmp_path / "edited.wav").stat().st_size == st.st_size
+    (folder / "a.wav").write_bytes((tmp_path / "edited.wav").read_bytes())  # what cp -p / rsync -a do
+    os.utime(folder / "a.wav", ns=(st.st_atime_ns, st.st_mtime_ns))
+    report = _index(folder, tmp_path / "idx", fake_run)
+    assert (report.updated, report.unchanged) == (1, 0)
+
+
+def test_workers_die_with_a_killed_indexer(tmp_path):
+    """kill -9 of the parent: its spawned workers end too (they are not left to PID 1)."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from sonalign.utils.processes import spawn_pool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = spawn_pool(2)\n"
+        "    pids = [pool.submit(__import__('os').getpid).result() for _ in range(4)]\n"
+        "    futures = [pool.submit(time.sleep, 300) for _ in range(2)]\n"
+        "    print(' '.join(map(str, sorted(set(pool._processes)))), flush=True)\n"
+        "    time.sleep(300)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    workers = [int(p) for p in proc.stdout.readline().split()]
+    assert len(workers) == 2 and all(_alive(p) for p in workers)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"

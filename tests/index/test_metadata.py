@@ -101,6 +101,37 @@ def test_uncommitted_changes_are_invisible_to_readers(tmp_path):
     assert reader.counts()["segments"] == 3
 
 
+def test_vectors_after_a_row_id_and_counts_per_kind(tmp_path):
+    db = MetadataDB(tmp_path / "m.sqlite", create=True)
+    first = _fill(db, "a", "/a.wav", n=4)
+    second = _fill(db, "b", "/b.wav", n=3)
+    assert db.count_vectors() == 7 and db.count_vectors("transcript") == 3 and db.count_vectors("absent") == 0
+    batches = list(db.iter_vectors(4, after=int(first.max())))
+    assert [b[0].tolist() for b in batches] == [second.tolist()]
+    assert [b[0].tolist() for b in db.iter_vectors(4, "transcript", after=int(first.max()))] == [second[1::2].tolist()]
+    assert list(db.iter_vectors(4, after=int(second.max()))) == []
+
+
+def test_snapshot_reads_one_committed_state(tmp_path):
+    path = tmp_path / "m.sqlite"
+    writer = MetadataDB(path, create=True)
+    _fill(writer, "a", "/a.wav")
+    writer.commit()
+    reader = MetadataDB(path, readonly=True)
+    with reader.snapshot():
+        before = reader.count_vectors()
+        _fill(writer, "b", "/b.wav")
+        writer.commit()  # commits while the snapshot is open: not seen inside it
+        assert reader.count_vectors() == before and reader.row_ids().size == before
+    assert reader.count_vectors() == before + 3
+    _fill(writer, "c", "/c.wav")
+    with writer.snapshot():  # inside a write transaction: that transaction's state, left open
+        assert writer.count_vectors() == before + 6
+    assert writer.in_transaction
+    writer.rollback()
+    assert writer.count_vectors() == before + 3
+
+
 @pytest.mark.parametrize("content", [b"", b"garbage" * 500, b"SQLite format 3\x00" + b"\x00" * 200])
 def test_damaged_or_foreign_files_raise_index_corrupt(tmp_path, content):
     path = tmp_path / "m.sqlite"

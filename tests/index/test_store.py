@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sonalign.errors import ConfigError, IndexCorruptError
-from sonalign.index.store import IndexStore, RecordingInfo
-from sonalign.index.vectors import FaissIndex, normalize
+from sonalign.errors import ConfigError, IndexCorruptError, StorageError
+from sonalign.index.store import SNAPSHOT_RATIO, IndexStore, RecordingInfo
+from sonalign.index.vectors import FaissIndex, file_tag, normalize
 from sonalign.segments import Segment
 
 DIM = 16
@@ -217,7 +217,7 @@ def test_missing_index_and_second_writer(tmp_path):
     with pytest.raises(FileNotFoundError, match="no sonalign index"):
         IndexStore.open(tmp_path / "nothing")
     store = IndexStore.open(tmp_path / "idx", create=True)
-    with pytest.raises(RuntimeError, match="another process"):
+    with pytest.raises(StorageError, match="another process is writing this index"):  # a one-line error for the CLI, not a traceback
         IndexStore.open(tmp_path / "idx", lock_timeout=0.2)
     reader = IndexStore.open(tmp_path / "idx", readonly=True)  # readers need no lock
     reader.close()
@@ -249,7 +249,7 @@ def test_reader_keeps_working_while_a_writer_commits(tmp_path):
     writer = IndexStore.open(idx, create=True, hnsw_threshold=80)
     upsert(writer, "r0", 10)
     writer.commit()
-    reader = IndexStore.open(idx, readonly=True)
+    reader = IndexStore.open(idx, readonly=True, hnsw_threshold=80)  # catch-ups switch, tombstone and compact too
     errors: list[BaseException] = []
     done = threading.Event()
 
@@ -299,12 +299,173 @@ def test_hnsw_store_with_tombstones_survives_reopen(tmp_path):
     store.close()
 
 
+# ---------------------------------------------------------------------- vector files as lagging snapshots
+def _count_vector_bytes(monkeypatch) -> list[int]:
+    """Bytes written to vector files, one running total per entry (append 0 to start a new one)."""
+    written = [0]
+    real_save = FaissIndex.save
+
+    def counting_save(self, path, tag=None):
+        real_save(self, path, tag)
+        written[-1] += Path(path).stat().st_size
+
+    monkeypatch.setattr(FaissIndex, "save", counting_save)
+    return written
+
+
+def test_bytes_written_per_commit_do_not_grow_with_the_index(tmp_path, monkeypatch):
+    written = _count_vector_bytes(monkeypatch)
+    store = IndexStore.open(tmp_path / "idx", create=True)
+    commits = 64
+    for step in range(commits):
+        for j in range(5):  # the same change each time: 5 recordings, 20 segments
+            upsert(store, f"r{step}-{j}", 4)
+        written.append(0)
+        store.commit()
+    per_commit = written[1:]
+    final = sum((tmp_path / "idx" / name).stat().st_size for name in ("vectors.faiss", "vectors.transcript.faiss"))
+    # Rewriting every file at every commit writes commits/2 times the final size in all, and three times
+    # as much per commit in the second half (index 1/2..1 full) as in the first (0..1/2).
+    assert sum(per_commit) <= (2 + 1 / SNAPSHOT_RATIO) * final
+    first, second = sum(per_commit[: commits // 2]), sum(per_commit[commits // 2 :])
+    assert second <= 1.5 * first
+    assert sum(1 for b in per_commit if b) < commits / 4  # most commits write no vector file at all
+    store.close()
+    store = IndexStore.open(tmp_path / "idx", readonly=True)
+    check_consistent(store)
+    store.close()
+
+
+def test_snapshot_ratio_zero_rewrites_the_changed_files_at_every_commit(tmp_path, monkeypatch):
+    written = _count_vector_bytes(monkeypatch)
+    store = IndexStore.open(tmp_path / "idx", create=True, snapshot_ratio=0)
+    for step in range(6):
+        upsert(store, f"r{step}", 6)
+        written.append(0)
+        store.commit()
+        assert file_tag(tmp_path / "idx" / "vectors.faiss")["generation"] == store.generation
+    assert all(written[1:]) and written[-1] > written[1]
+    store.close()
+
+
+def test_lagging_files_are_caught_up_on_open_and_saved_on_close(tmp_path):
+    idx = tmp_path / "idx"
+    store = IndexStore.open(idx, create=True)
+    for r in range(10):
+        upsert(store, f"r{r}", 10)
+    store.commit()
+    upsert(store, "r3", 4, version=1)  # 14 changes to 100 rows: below the snapshot ratio
+    store.commit()
+    assert file_tag(idx / "vectors.faiss")["generation"] < store.generation  # the file lags
+    reader = IndexStore.open(idx, readonly=True)  # and an opener catches up from SQLite
+    check_consistent(reader)
+    reader.close()
+    upsert(store, "extra", 3)
+    store.rollback()  # memory back to the committed state, from the lagging file and SQLite
+    check_consistent(store)
+    upsert(store, "uncommitted", 3)
+    store.close()  # saves the lagging files, without the uncommitted change
+    vgens = IndexStore.open(idx, readonly=True).meta()["vector_generations"]
+    assert file_tag(idx / "vectors.faiss")["generation"] == vgens[""]
+    assert file_tag(idx / "vectors.transcript.faiss")["generation"] == vgens["transcript"]
+    assert json.loads((idx / "manifest.json").read_text())["generation"] == IndexStore.open(idx, readonly=True).generation
+    store = IndexStore.open(idx, readonly=True)
+    assert "/audio/uncommitted.wav" not in store.recordings()
+    check_consistent(store)
+    store.close()
+
+
+def test_a_file_with_the_right_rows_but_an_older_tag_is_relabelled_on_open(tmp_path, monkeypatch):
+    idx = tmp_path / "idx"
+    store = IndexStore.open(idx, create=True)
+    for r in range(10):
+        upsert(store, f"r{r}", 10)
+    store.commit()
+    upsert(store, "x", 2)
+    store.remove_recording("/audio/x.wav")
+    store.commit()  # the same rows as the file holds, under a newer generation: not worth a snapshot yet
+    assert file_tag(idx / "vectors.faiss")["generation"] < store.generation
+
+    def killed(self, path, tag=None):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(FaissIndex, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.close()  # killed before its closing snapshot
+    monkeypatch.undo()
+    store = IndexStore.open(idx)  # the writer's open relabels the file, so later opens need no set difference
+    assert file_tag(idx / "vectors.faiss")["generation"] == store.meta()["vector_generations"][""]
+    check_consistent(store)
+    store.close()
+
+
+def test_reader_refresh_catches_up_from_sqlite_while_the_files_lag(tmp_path, monkeypatch):
+    idx = tmp_path / "idx"
+    writer = IndexStore.open(idx, create=True)
+    for r in range(20):
+        upsert(writer, f"r{r}", 10)
+    writer.commit()
+    tags = {name: file_tag(idx / name) for name in ("vectors.faiss", "vectors.transcript.faiss")}
+    reader = IndexStore.open(idx, readonly=True)
+    main, transcripts = reader.index(), reader.index("transcript")
+
+    def no_file_reads(*args, **kwargs):
+        raise AssertionError("refresh read a vector file")
+
+    monkeypatch.setattr(FaissIndex, "load", no_file_reads)
+    id_lists = []
+    real_row_ids = reader.db.row_ids
+    monkeypatch.setattr(reader.db, "row_ids", lambda *a, **k: id_lists.append(a) or real_row_ids(*a, **k))
+
+    upsert(writer, "new", 6)  # only additions: only the new rows are read
+    writer.commit()
+    assert reader.refresh(min_interval=0) is True
+    assert reader.index() is main and reader.index("transcript") is transcripts  # changed in place
+    assert id_lists == []
+    check_consistent(reader)
+    _, ids = reader.index().search(vec("new-00004@0"), 1)
+    assert reader.segments(ids[0])[int(ids[0, 0])].id == "new-00004"
+
+    upsert(writer, "r3", 4, version=1)  # an update and a removal: found by a set difference
+    writer.remove_recording("/audio/r5.wav")
+    writer.commit()
+    assert reader.refresh(min_interval=0) is True
+    assert reader.recordings()["/audio/r3.wav"] == "v1-n4" and "/audio/r5.wav" not in reader.recordings()
+    check_consistent(reader)
+    assert reader.index().ntotal == 200 + 6 - 10 + 4 - 10
+    assert reader.refresh(min_interval=0) is False  # nothing new
+
+    # the writer never rewrote a vector file for these small commits
+    assert {name: file_tag(idx / name) for name in tags} == tags
+    writer.close()
+    reader.close()
+
+
+def test_reader_catch_up_that_switches_to_hnsw_is_built_aside(tmp_path):
+    idx = tmp_path / "idx"
+    writer = IndexStore.open(idx, create=True)
+    upsert(writer, "a", 30)
+    writer.commit()
+    reader = IndexStore.open(idx, readonly=True, hnsw_threshold=40)
+    old = reader.index()
+    assert old.kind == "flat"
+    upsert(writer, "b", 20)
+    writer.commit()
+    assert reader.refresh(min_interval=0)
+    assert reader.index() is not old and reader.index().kind == "hnsw"
+    assert old.kind == "flat" and old.ntotal == 30  # searches still holding the old index were not disturbed
+    check_consistent(reader)
+    writer.close()
+    reader.close()
+
+
 # ---------------------------------------------------------------------- crash windows, deterministic
 def test_crash_between_sqlite_commit_and_vector_write_is_repaired(tmp_path, monkeypatch):
     idx = tmp_path / "idx"
     store = IndexStore.open(idx, create=True)
     upsert(store, "a", 6)
     store.commit()
+    saved_generation = store.generation
     upsert(store, "a", 3, version=1)
     upsert(store, "b", 4)
 
@@ -314,8 +475,10 @@ def test_crash_between_sqlite_commit_and_vector_write_is_repaired(tmp_path, monk
     monkeypatch.setattr(FaissIndex, "save", boom)
     with pytest.raises(KeyboardInterrupt):
         store.commit()  # SQLite committed, vector files still the old generation
+    with pytest.raises(KeyboardInterrupt):
+        store.close()  # the "killed" writer saves nothing on its way out either (and still lets go of the lock)
     monkeypatch.undo()
-    store.close()
+    assert file_tag(idx / "vectors.faiss")["generation"] == saved_generation
     reader = IndexStore.open(idx, readonly=True)  # repairs in memory, writes nothing
     assert reader.index().ntotal == 7
     check_consistent(reader)
@@ -459,6 +622,7 @@ def _kill_and_check(tmp_path: Path, iterations: int, seed0: int) -> None:
     rng = np.random.default_rng(seed0)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
     totals = []
+    server = None  # a long-lived reader, like the web server: opened once, then only refreshed
     for it in range(iterations):
         proc = subprocess.Popen([sys.executable, str(script), str(idx), str(seed0 * 100 + it), here], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         # Kill at a random moment: sometimes during open/repair, mostly while writing.
@@ -477,12 +641,17 @@ def _kill_and_check(tmp_path: Path, iterations: int, seed0: int) -> None:
         reader = IndexStore.open(idx, readonly=True)  # a reader copes without writing
         check_consistent(reader)
         reader.close()
+        server = server or IndexStore.open(idx, readonly=True)
+        server.refresh(min_interval=0)  # catches up incrementally across killed writers
+        check_consistent(server)
         store = IndexStore.open(idx)
         totals.append(sum(check_consistent(store).values()))
         store.close()
         store = IndexStore.open(idx)  # the second open takes the fast path
         check_consistent(store)
         store.close()
+    if server is not None:
+        server.close()
     assert totals, "the writer never got to create the index"
 
 
@@ -493,3 +662,25 @@ def test_sigkill_at_random_points_leaves_a_consistent_index(tmp_path):
 @pytest.mark.slow
 def test_sigkill_many_iterations(tmp_path):
     _kill_and_check(tmp_path, iterations=25, seed0=2)
+
+
+def test_a_failed_vector_write_is_a_storage_error_naming_the_file(tmp_path, monkeypatch):
+    """Disk full inside faiss' writer surfaces as one clear StorageError, and the committed index is intact."""
+    import faiss
+
+    from sonalign.index import vectors
+
+    store = IndexStore.open(tmp_path / "idx", create=True, dim=DIM)
+    store.upsert_recording({"path": "a.wav", "content_hash": "h"}, [Segment("a-0", "a", 0.0, 1.0)], np.ones((1, DIM), np.float32))
+    store.commit()
+
+    def disk_full(index, path):
+        raise RuntimeError("Error in faiss::FileIOWriter: 'ret == (size_t)1' failed: write error in x: 28 (No space left on device)")
+
+    monkeypatch.setattr(vectors.faiss, "write_index", disk_full)
+    with pytest.raises(StorageError, match=r"vectors\.faiss: could not write the vector index \(.*No space left on device\)"):
+        store.index().save(tmp_path / "idx" / "vectors.faiss")
+    monkeypatch.setattr(vectors.faiss, "write_index", faiss.write_index)
+    store.close()
+    with IndexStore.open(tmp_path / "idx", readonly=True) as reader:
+        assert reader.stats()["counts"]["segments"] == 1

@@ -121,6 +121,40 @@ def test_hnsw_removal_uses_tombstones_then_compacts():
 
 
 @pytest.mark.parametrize("threshold", [10**9, 200])
+def test_update_removes_and_adds_in_one_step(threshold):
+    x = clustered(600, 16, seed=11)
+    index = FaissIndex(16, hnsw_threshold=threshold)
+    index.add(np.arange(500), x[:500])
+    assert index.max_id == 499
+    with pytest.raises(ValueError, match="already"):  # checked before anything changes
+        index.update(np.arange(10), np.array([20, 500]), x[500:502])
+    assert index.ntotal == 500
+    assert index.update(np.arange(10), np.arange(500, 600), x[500:]) == 10
+    assert index.ntotal == 590 and index.max_id == 599
+    np.testing.assert_array_equal(index.ids(), np.arange(10, 600))
+    assert index.remove(np.arange(590, 600)) == 10
+    assert index.max_id == 599  # the largest id ever added: a higher one is new
+    assert index.update([], [], None) == 0
+
+
+def test_would_rebuild_and_updated_copy_leave_the_original_alone():
+    x = clustered(400, 16, seed=12)
+    flat = FaissIndex(16, hnsw_threshold=300)
+    flat.add(np.arange(250), x[:250])
+    assert not flat.would_rebuild(0, 49) and flat.would_rebuild(0, 50) and not flat.would_rebuild(10, 50)
+    copy = flat.updated_copy(np.arange(5), np.arange(250, 400), x[250:])
+    assert flat.kind == "flat" and flat.ntotal == 250  # unchanged
+    assert copy.kind == "hnsw" and copy.ntotal == 395 and copy.max_id == 399
+    np.testing.assert_array_equal(copy.ids(), np.arange(5, 400))
+    assert copy.search(x[300], 1)[1][0, 0] == 300
+    hnsw = FaissIndex(16, hnsw_threshold=100, compact_ratio=0.2)
+    hnsw.add(np.arange(400), x)
+    assert not hnsw.would_rebuild(80, 0) and hnsw.would_rebuild(81, 0)  # tombstones above a fifth of the slots
+    smaller = hnsw.updated_copy(np.arange(100))
+    assert hnsw.ntotal == 400 and hnsw.tombstones == 0 and smaller.ntotal == 300 and smaller.tombstones == 0
+
+
+@pytest.mark.parametrize("threshold", [10**9, 200])
 def test_allowed_ids_filter_is_exact(threshold):
     x = clustered(1500, 24, seed=6)
     ids = np.arange(1500)

@@ -227,7 +227,8 @@ def test_long_file_streams_agree_with_one_pass_and_ignore_block_size(tts):
     assert np.array_equal(by_block[0], by_block[1])  # streams are cut at fixed windows, not at block edges
     ref = one_pass_probabilities(wave)
     assert by_block[0].shape == ref.shape
-    np.testing.assert_allclose(by_block[0][:STREAM_WINDOWS], ref[:STREAM_WINDOWS], atol=1e-5)  # first stream = one pass
+    # first stream = one pass, up to float32 rounding (batched and single calls sum in different orders)
+    np.testing.assert_allclose(by_block[0][:STREAM_WINDOWS], ref[:STREAM_WINDOWS], atol=1e-4)
     assert np.mean((by_block[0] >= 0.5) != (ref >= 0.5)) < 0.03
     one_pass = seg._segments_from(ref, np.ones_like(ref), wave.size, "x")
     batched = seg.segment_wave(wave, 16000, "x")

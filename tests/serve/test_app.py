@@ -62,6 +62,11 @@ def build_store(root):
     return store, wave_a
 
 
+def local_client(app) -> TestClient:
+    """A test client that calls the app as http://localhost (the app refuses other Host names)."""
+    return TestClient(app, base_url="http://localhost")
+
+
 @pytest.fixture
 def setup(tmp_path):
     store, wave_a = build_store(tmp_path)
@@ -73,7 +78,7 @@ def setup(tmp_path):
 @pytest.fixture
 def client(setup):
     store, searcher, _, _ = setup
-    return TestClient(create_app(searcher, store, max_upload_bytes=200_000, max_k=50))
+    return local_client(create_app(searcher, store, max_upload_bytes=200_000, max_k=50))
 
 
 def wav_bytes(wave: np.ndarray, sr: int = SR) -> bytes:
@@ -171,7 +176,7 @@ def test_ids_with_slashes_work(setup):
     store.upsert_recording(RecordingInfo(str(root / "audio" / "a.wav") + "#copy", "hc", 6.0, SR, id="field/c"), segs, hashed("tone 900")[None, :])
     store.commit()
     # the copy's path does not exist on disk: the audio endpoint must say so, not read anything else
-    client = TestClient(create_app(searcher, store))
+    client = local_client(create_app(searcher, store))
     assert client.get("/segments/field%2Fc-00000/audio").status_code == 404
     tl = client.get("/recordings/field%2Fc/timeline", params={"q": "tone 900"})
     assert tl.status_code == 200 and tl.json()["recording_id"] == "field/c"
@@ -227,7 +232,7 @@ def test_audio_upload_bad_input(client):
 
 def test_upload_without_content_length_is_cut_at_the_limit(setup):
     store, searcher, _, _ = setup
-    client = TestClient(create_app(searcher, store, max_upload_bytes=1000))
+    client = local_client(create_app(searcher, store, max_upload_bytes=1000))
 
     def chunks():
         for _ in range(100):
@@ -239,14 +244,14 @@ def test_upload_without_content_length_is_cut_at_the_limit(setup):
 
 def test_audio_search_without_audio_encoder_is_501(setup):
     store, _, _, _ = setup
-    client = TestClient(create_app(Searcher(store, fake_text), store))
+    client = local_client(create_app(Searcher(store, fake_text), store))
     r = client.post("/search", files={"file": ("q.wav", wav_bytes(tone(400, 1.0)), "audio/wav")})
     assert r.status_code == 501 and "not available" in r.json()["detail"]
 
 
 def test_api_key(setup):
     store, searcher, _, _ = setup
-    client = TestClient(create_app(searcher, store, api_key="s3cret"))
+    client = local_client(create_app(searcher, store, api_key="s3cret"))
     # public: health, page, static files, schema
     for url in ("/health", "/", "/static/app.js", "/openapi.json"):
         assert client.get(url).status_code == 200, url
@@ -268,7 +273,7 @@ def test_searcher_factory_is_called_lazily_once(setup):
         calls.append(s)
         return searcher
 
-    client = TestClient(create_app(factory, store))
+    client = local_client(create_app(factory, store))
     assert client.get("/stats").status_code == 200 and calls == []
     assert client.get("/search?q=tone 400").status_code == 200
     assert client.get("/search?q=tone 400").status_code == 200

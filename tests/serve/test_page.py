@@ -155,7 +155,7 @@ def test_search_play_and_strip(browser, server, tmp_path):
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(base + "/")
-    page.wait_for_function("document.querySelector('#stats').textContent.includes('5 recordings')")
+    _wait_for(page, "document.querySelector('#stats').textContent.includes('5 recordings')")
     box = page.locator("#q")
     assert box.evaluate("el => el === document.activeElement")  # autofocus
     box.fill("dog barking")
@@ -169,7 +169,7 @@ def test_search_play_and_strip(browser, server, tmp_path):
     assert float(first.locator(".score .value").inner_text()) > 0.9
     assert "10 spans" in page.locator("#status").inner_text()
     # the similarity strip is drawn from /recordings/{id}/timeline
-    page.wait_for_function("document.querySelector('li.hit .t1').textContent === '0:40'")
+    _wait_for(page, "document.querySelector('li.hit .t1').textContent === '0:40'")
     painted = first.locator("canvas.strip").evaluate(
         "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;"
         " for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }"
@@ -177,14 +177,14 @@ def test_search_play_and_strip(browser, server, tmp_path):
     assert painted > 100
     # play exactly the span: the audio element gets a blob: URL of /segments/{id}/audio
     first.locator("button.play").click()
-    page.wait_for_function("document.querySelector('li.hit').dataset.state === 'playing'", timeout=10_000)
+    _wait_for(page, "document.querySelector('li.hit').dataset.state === 'playing'", timeout=10_000)
     src = page.locator("#player").evaluate("a => a.src")
     assert src.startswith("blob:")
     assert page.locator("#player").evaluate("a => a.dataset.segment") == "rec0-00011"
     duration = page.locator("#player").evaluate("a => new Promise(r => a.duration ? r(a.duration) : a.addEventListener('loadedmetadata', () => r(a.duration)))")
     assert abs(duration - 2.0) < 0.05
     try:  # headless chromium may have no audio sink; the state and src above are the contract
-        page.wait_for_function("document.querySelector('#player').currentTime > 0", timeout=3000)
+        _wait_for(page, "document.querySelector('#player').currentTime > 0", timeout=3000)
     except Exception:
         pass
     shot = tmp_path / "search.png"
@@ -196,9 +196,9 @@ def test_search_play_and_strip(browser, server, tmp_path):
         shutil.copyfile(shot, target)
     # a second click pauses; Escape stops
     first.locator("button.play").click()
-    page.wait_for_function("document.querySelector('li.hit').dataset.state === 'paused'")
+    _wait_for(page, "document.querySelector('li.hit').dataset.state === 'paused'")
     page.keyboard.press("Escape")
-    page.wait_for_function("document.querySelector('li.hit').dataset.state === 'idle'")
+    _wait_for(page, "document.querySelector('li.hit').dataset.state === 'idle'")
     # keyboard: '/' focuses the box, ArrowDown walks the play buttons
     page.locator("body").click(position={"x": 5, "y": 5})
     page.keyboard.press("/")
@@ -208,11 +208,11 @@ def test_search_play_and_strip(browser, server, tmp_path):
     assert page.evaluate("document.activeElement.closest('li.hit') === document.querySelectorAll('li.hit')[1]")
     # group by file: one line per recording
     page.locator("text=best per file").click()
-    page.wait_for_function("document.querySelectorAll('li.hit').length === 5")
+    _wait_for(page, "document.querySelectorAll('li.hit').length === 5")
     # speech hits show their transcript
     box.fill("dogs barking tractor")
     box.press("Enter")
-    page.wait_for_function("[...document.querySelectorAll('li.hit .transcript')].some(p => !p.hidden)")
+    _wait_for(page, "[...document.querySelectorAll('li.hit .transcript')].some(p => !p.hidden)")
     assert not errors, errors
     page.close()
 
@@ -236,3 +236,32 @@ def test_empty_query_and_api_key_prompt(browser, server):
     assert "api_key" not in page2.url
     page.close()
     page2.close()
+
+
+def test_docs_page_and_no_csp_violations(browser, server):
+    """/docs lists the endpoints from /openapi.json offline; neither page trips the Content-Security-Policy."""
+    base = server()
+    page = browser.new_page()
+    violations: list[str] = []
+    page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
+    page.goto(base + "/docs")
+    page.wait_for_selector("body[data-ready='true']")
+    headings = page.locator(".endpoint h2").all_inner_texts()
+    assert any("POST" in h and "/search" in h for h in headings), headings
+    assert any("/recordings/{recording_id}/timeline" in h for h in headings), headings
+    page.goto(base + "/")
+    _wait_for(page, "document.querySelector('#stats').textContent.includes('5 recordings')")
+    assert not violations, violations
+    page.close()
+
+
+def _wait_for(page, expression: str, timeout: float = 5000) -> None:
+    """Poll ``expression`` until it is truthy. Playwright's wait_for_function evaluates a string
+    with eval(), which the page's Content-Security-Policy (no 'unsafe-eval') rightly blocks."""
+    import time
+
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression}")
+        time.sleep(0.05)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from sonalign.train.trainer import TrainSettings, train, unique_text_batches
+from sonalign.train.trainer import TrainSettings, train
 
 FEATURES = {"audio_encoder": "fake-audio", "text_encoder": "fake-text", "segmenter": "fixed"}
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
@@ -34,15 +34,53 @@ def _settings(manifest, out, **kw):
     return TrainSettings(**base)
 
 
-def test_unique_text_batches_never_repeat_a_text():
-    rng = np.random.default_rng(0)
-    texts = ["a"] * 10 + ["b"] * 5 + ["c"] * 3 + [f"u{i}" for i in range(7)]
-    batches = unique_text_batches(texts, 4, rng)
-    for b in batches:
-        assert len({texts[i] for i in b}) == len(b) >= 2
+def test_batches_cover_every_row_once_and_keep_classes_together():
+    from sonalign.train.trainer import shuffled_batches
+
+    rows = list(range(37))
+    batches = shuffled_batches(rows, 8, np.random.default_rng(0))
     used = np.concatenate(batches)
-    assert len(set(used.tolist())) == len(used)
-    assert len(used) >= len(texts) - 6  # only a lone leftover text's rows may be dropped
+    assert sorted(used.tolist()) == rows and all(len(b) >= 2 for b in batches)  # 37 = 4 x 8 + 5
+    assert shuffled_batches([3], 8, np.random.default_rng(0)) == []  # one row alone has no negative
+
+
+def test_parameter_groups_and_warmup():
+    from sonalign.models.factory import create_model
+    from sonalign.train.trainer import parameter_groups, warmup_steps
+
+    model = create_model("clap-baseline", audio_dim=16, text_dim=16, embed_dim=8)
+    decay, no_decay = parameter_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim == 2 for p in decay["params"]) and decay["weight_decay"] == 0.01
+    assert {names[id(p)] for p in no_decay["params"]} >= {"loss_fn.logit_scale", "audio_proj.norm.weight", "audio_proj.norm.bias"}
+    assert no_decay["weight_decay"] == 0.0
+    assert warmup_steps(120, 0.1, 50) == 50 and warmup_steps(2000, 0.1, 50) == 200 and warmup_steps(30, 0.1, 50) == 30
+
+
+def test_same_class_pairs_are_positives_not_negatives():
+    import math
+
+    import torch
+
+    from sonalign.data.clips import Clip
+    from sonalign.models.losses.infonce import info_nce
+    from sonalign.train.data import positive_groups
+
+    clips = [Clip("a", "a.wav", label="dog"), Clip("b", "b.wav", label="dog"), Clip("c", "c.wav"), Clip("d", "d.wav")]
+    groups = positive_groups(clips, ["a dog barks", "dog barking", "rain", "rain"], [0, 1, 2, 3])
+    assert groups[0] == groups[1] and groups[2] == groups[3] and groups[0] != groups[2]
+    def turned(v, angle):
+        return torch.tensor([v[0] * math.cos(angle) - v[1] * math.sin(angle), v[0] * math.sin(angle) + v[1] * math.cos(angle)])
+
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    together = torch.stack([e1, e1, e2, e2])  # each class's two clips at one point
+    apart = torch.stack([turned(e1, 0.3), turned(e1, -0.3), turned(e2, 0.3), turned(e2, -0.3)])
+    by_class = torch.from_numpy(groups)
+    # with the groups, classes gathered in one point is the better solution; without, clips of one class must be pushed apart
+    assert info_nce(together, together, 3.0, groups=by_class) < info_nce(apart, apart, 3.0, groups=by_class)
+    assert info_nce(apart, apart, 3.0) < info_nce(together, together, 3.0)
+    x = torch.nn.functional.normalize(torch.randn(5, 3), dim=1)
+    assert torch.allclose(info_nce(x, x.flip(0), 3.0, groups=torch.arange(5)), info_nce(x, x.flip(0), 3.0))  # distinct groups: plain InfoNCE
 
 
 def test_train_learns_and_writes_artifacts(tone_manifest, tmp_path):

@@ -16,11 +16,11 @@ import logging
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
 
 import numpy as np
 
 from sonalign.asr.pocketsphinx import Transcriber
+from sonalign.utils.processes import spawn_pool, stop_pool
 
 log = logging.getLogger(__name__)
 _TRANSCRIBER: Transcriber | None = None
@@ -65,7 +65,7 @@ class TranscriptWorker:
             return PendingTranscripts(self, waves, None)
         try:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"), initializer=_init, initargs=(self.fast,))
+                self._pool = spawn_pool(self.workers, _init, (self.fast,))
             # contiguous parts of about equal audio length, one per worker
             bounds = np.searchsorted(np.cumsum([w.size for w in waves]), np.linspace(0, sum(w.size for w in waves), self.workers + 1)[1:-1])
             parts = [p for p in np.split(np.arange(len(waves)), bounds) if p.size]
@@ -85,10 +85,10 @@ class TranscriptWorker:
         self.in_process = True
         self.close()
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the worker processes (``wait=False``: at once, dropping transcripts in flight)."""
+        stop_pool(self._pool, wait=wait)
+        self._pool = None
 
     def __enter__(self) -> TranscriptWorker:
         return self

@@ -1,20 +1,24 @@
 """Audio decoding, mono mixdown and resampling: soundfile to read, soxr to resample.
 
-Two entry points:
+Three entry points:
 
 * ``load_audio(path, sample_rate)`` reads a whole (short) file.
 * ``stream_audio(path, sample_rate, block_seconds)`` yields fixed-size blocks of a long file at the
   target rate, reading and resampling incrementally so a 2-hour file never sits in memory whole.
+* ``load_audio_query(source, max_seconds)`` reads a query-by-example clip (a path, bytes or an open
+  binary file) and refuses one longer than ``max_seconds`` without ever decoding more than that.
 
-Both raise :class:`~sonalign.errors.AudioError` naming the file for anything unusable.
+All raise :class:`~sonalign.errors.AudioError` naming the file for anything unusable.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -153,6 +157,52 @@ def stream_audio(
         yield pending
     if not allow_silent and peak <= SILENCE_PEAK:
         raise AudioError(path, "all-silent audio (peak below -80 dBFS)")
+
+
+def load_audio_query(source: str | Path | bytes | BinaryIO, max_seconds: float, *, name: str | None = None) -> tuple[np.ndarray, int]:
+    """Read a query clip as mono float32 at its own rate: ``(wave, sample_rate)``.
+
+    ``source`` is a path, the file's bytes or an open binary file; ``name`` labels it in errors
+    (default: the path, else "uploaded audio"). A clip whose header says it lasts more than
+    ``max_seconds`` is refused before decoding; when the header's length cannot be trusted (MP3, a
+    FLAC of unknown length) decoding goes in blocks and stops after ``max_seconds``, so memory stays
+    bounded by the limit whatever the file claims. Rates above 192 kHz are refused for the same
+    reason. Silence is not checked here.
+    """
+    unknown_frames, max_rate, block_samples = 2**63 - 1, 192_000, 1 << 20  # SF_COUNT_MAX: length unknown
+    label = name or (str(source) if isinstance(source, str | Path) else "uploaded audio")
+    if isinstance(source, str | Path) and not Path(source).is_file():
+        raise AudioError(label, "no such file")
+    opened = io.BytesIO(source) if isinstance(source, bytes | bytearray) else str(source) if isinstance(source, Path) else source
+    blocks: list[np.ndarray] = []
+    total = 0
+    try:
+        with sf.SoundFile(opened) as handle:
+            rate, frames = int(handle.samplerate), int(handle.frames)
+            if not 0 < rate <= max_rate:
+                raise AudioError(label, f"unsupported sample rate {rate} Hz (at most {max_rate})")
+            limit = int(max_seconds * rate)
+            trusted = handle.format != "MP3" and 0 < frames < unknown_frames  # else read without seeking
+            if trusted and frames > limit:
+                raise AudioError(label, f"audio query is too long ({frames / rate:.0f} s; at most {max_seconds:g} s)")
+            block = max(1, block_samples // handle.channels)
+            while total <= limit:
+                want = min(block, limit + 1 - total)
+                data = handle.read(want, dtype="float32", always_2d=True) if trusted else _read_mp3_block(handle, want)
+                if data.shape[0] == 0:
+                    break
+                blocks.append(to_mono(data))
+                total += data.shape[0]
+    except AudioError:
+        raise
+    except Exception as exc:  # libsndfile's "Error opening <source>: reason": keep the reason
+        reason = _short(exc).rsplit(": ", 1)[-1].rstrip(".")
+        raise AudioError(label, f"could not decode the audio ({reason}; send WAV, FLAC, OGG or MP3)") from exc
+    if total > limit:
+        raise AudioError(label, f"audio query is too long (more than {max_seconds:g} s)")
+    if total == 0:
+        raise AudioError(label, "zero-length audio (no samples)")
+    return np.concatenate(blocks), rate
 
 
 def _read_mp3_block(handle: sf.SoundFile, frames: int) -> np.ndarray:

@@ -32,14 +32,14 @@ from safetensors.numpy import save_file
 
 from sonalign.audio.io import load_audio
 from sonalign.data.clips import Clip
-from sonalign.data.readers import load_clips
+from sonalign.data.readers import load_clips, problem_report
 from sonalign.errors import AudioError, SonalignError
 from sonalign.segments import Segment
 from sonalign.utils.atomic import atomic_path, atomic_write_text
 from sonalign.utils.hashing import HashMemo, settings_hash
 from sonalign.utils.progress import progress
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one sorted metadata entry per file (byte-identical runs)
 #: Log-mel settings for CALM's SpecTran (16 kHz, 25 ms / 10 ms, 64 bins).
 MEL_SETTINGS = {"sample_rate": 16000, "n_fft": 400, "hop_length": 160, "win_length": 400, "n_mels": 64, "f_min": 0.0, "f_max": 8000.0}
 
@@ -62,6 +62,19 @@ class SegmentWaves:
     def __getitem__(self, i: int) -> np.ndarray:
         s = self.segments[i]
         return load_audio(self.path, self.sample_rate, start=s.start, duration=s.duration, allow_silent=True)[0]
+
+
+CACHE_ENV = "SONALIGN_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """sonalign's one cache folder: ``$SONALIGN_CACHE``, else ``$XDG_CACHE_HOME/sonalign``, else
+    ``~/.cache/sonalign``."""
+    import os
+
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "sonalign"
 
 
 @dataclass
@@ -123,11 +136,7 @@ class FeatureCache:
 
     def load_audio_features(self, content_hash: str) -> dict[str, Any]:
         """``embedding`` (S, D), ``frames`` (F, D), ``frame_offsets`` (S+1,), ``segments`` list, ``mel`` (T, M) if cached."""
-        path = self.audio_path(content_hash)
-        with safe_open(str(path), "np") as handle:
-            data = {k: handle.get_tensor(k) for k in handle.keys()}
-            data["segments"] = json.loads(handle.metadata()["segments"])
-        return data
+        return _read_features(self.audio_path(content_hash))
 
     def _load_segments(self, clip: Clip) -> tuple[list[np.ndarray], list[Segment]]:
         """Segment one recording and read each segment at the encoder's rate (I/O-bound: prefetch thread)."""
@@ -201,17 +210,16 @@ class FeatureCache:
             mixed = np.asarray(bank.mix(wave, clip.id, snr_db), dtype=np.float32)
             data = self.features_from_wave(mixed, sr, clip.id)
             self._write_to(path, data, clip.audio)
-        with safe_open(str(path), "np") as handle:
-            data = {k: handle.get_tensor(k) for k in handle.keys()}
-            data["segments"] = json.loads(handle.metadata()["segments"])
-        return data
+        return _read_features(path)
 
     def _write(self, content_hash: str, data: dict[str, Any], source: str) -> None:
         self._write_to(self.audio_path(content_hash), data, source)
 
     def _write_to(self, path: Path, data: dict[str, Any], source: str) -> None:
         tensors = {k: v for k, v in data.items() if k != "segments"}
-        meta = {"segments": json.dumps(data["segments"]), "source": source}
+        # One metadata entry: safetensors keeps metadata in a hash map whose order changes from
+        # process to process, and the file must be byte-identical for the same input.
+        meta = {"sonalign": json.dumps({"segments": data["segments"], "source": source}, sort_keys=True)}
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -335,6 +343,13 @@ class FeatureCache:
         atomic_write_text(settings_file, json.dumps(view_settings, indent=2, default=str))
 
 
+def _read_features(path: Path) -> dict[str, Any]:
+    with safe_open(str(path), "np") as handle:
+        data = {k: handle.get_tensor(k) for k in handle.keys()}
+        data["segments"] = json.loads(handle.metadata()["sonalign"])["segments"]
+    return data
+
+
 def extract_features(
     source: str | Path,
     out: str | Path,
@@ -354,4 +369,6 @@ def extract_features(
     with distributed.session("gloo"):
         clips = load_clips(source, split=split)
         cache = FeatureCache(out, settings)
-        return cache.extract(clips, batch_size=batch_size, show_progress=show_progress)
+        report = cache.extract(clips, batch_size=batch_size, show_progress=show_progress)
+        report.failures[:0] = problem_report(clips)  # manifest rows that were skipped, by file and line
+        return report

@@ -32,7 +32,8 @@ class TextFeatureStore:
                 from safetensors import safe_open
 
                 with safe_open(str(shard), "np") as handle:
-                    hashes = json.loads(handle.metadata()["hashes"])
+                    meta = handle.metadata()
+                hashes = json.loads(meta["sonalign"])["hashes"] if "sonalign" in meta else json.loads(meta["hashes"])
             except Exception:
                 continue  # unreadable shard: its texts are simply recomputed
             for row, h in enumerate(hashes):
@@ -59,7 +60,8 @@ class TextFeatureStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         shard = self.dir / f"shard-{settings_hash(hashes, 16)}.safetensors"
         with atomic_path(shard) as tmp:
-            save_file(tensors, str(tmp), metadata={"hashes": json.dumps(hashes), "texts": json.dumps(todo)})
+            # one metadata entry, so the same texts give a byte-identical shard (see cache/features.py)
+            save_file(tensors, str(tmp), metadata={"sonalign": json.dumps({"hashes": hashes, "texts": todo}, sort_keys=True)})
         for row, h in enumerate(hashes):
             self._rows[h] = (shard, row)
         return len(todo)

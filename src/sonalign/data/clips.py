@@ -12,6 +12,8 @@ class Clip:
 
     ``captions`` holds every caption (Clotho: 5); ``text`` a transcript (spoken content);
     ``label`` a class name. ``start``/``duration`` select a span (AudioCaps' 10 s clips).
+    ``license`` (an SPDX-like expression, see :mod:`sonalign.data.licences`) and ``source`` say
+    where the recording comes from and on which terms.
     """
 
     id: str
@@ -24,6 +26,8 @@ class Clip:
     duration: float | None = None
     sample_rate: int | None = None
     start: float = 0.0
+    license: str | None = None
+    source: str | None = None
     custom: dict[str, Any] = field(default_factory=dict)
 
     @property

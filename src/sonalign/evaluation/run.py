@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from sonalign.audio.io import find_audio_files, load_audio
-from sonalign.cache.features import FeatureCache, FeatureSettings
-from sonalign.data.readers import load_clips
+from sonalign.cache.features import FeatureCache, FeatureSettings, default_cache_dir
+from sonalign.data.readers import load_clips, problem_report
 from sonalign.errors import ConfigError
 from sonalign.evaluation.noise import NoiseBank
 from sonalign.evaluation.retrieval import evaluate_retrieval, retrieval_metrics
@@ -43,6 +43,26 @@ class EvaluationResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def resolve_run(run: str | Path) -> Path:
+    """A run folder; ``"default"`` names the packaged default model."""
+    if str(run) == "default" and not Path(run).exists():
+        from sonalign.index.embedders import default_model_dir
+
+        return default_model_dir()
+    return Path(run)
+
+
+def default_report_dir(run: str | Path, data: str | Path, split: str) -> Path:
+    """``./eval-MODEL-DATA-SPLIT`` in the current folder (never inside the run: the packaged model's
+    folder is inside the installed package). DATA is a manifest's folder name, else its stem."""
+    from sonalign.index.embedders import default_model_dir
+
+    run, data = Path(run), Path(data)
+    model = "default" if run.resolve() == default_model_dir().resolve() else run.resolve().name
+    name = data.resolve().parent.name if data.name in ("manifest.jsonl", "manifest.csv") else data.stem
+    return Path.cwd() / f"eval-{model}-{name}-{split}"
+
+
 def load_run(run: str | Path) -> tuple[Any, dict[str, Any]]:
     run = Path(run)
     if not (run / "config.json").exists():
@@ -53,7 +73,10 @@ def load_run(run: str | Path) -> tuple[Any, dict[str, Any]]:
 def cache_for_run(resolved: dict[str, Any], cache_dir: str | Path | None = None) -> FeatureCache:
     data = resolved.get("data", {})
     settings = FeatureSettings(**data.get("features", {}))
-    return FeatureCache(cache_dir or data.get("cache") or "features", settings)
+    trained_with = data.get("cache")
+    if cache_dir is None and trained_with and Path(trained_with).is_dir():
+        cache_dir = trained_with
+    return FeatureCache(cache_dir or default_cache_dir() / "features", settings)
 
 
 def noise_bank_from(folder: str | Path, sample_rate: int, *, seed: int = 0) -> NoiseBank:
@@ -80,7 +103,16 @@ def _split_metrics(model, cache: FeatureCache, data: PairedFeatures, audio_items
         return metrics, t2a, zs
     scores = score_matrix(model, audio, encode_texts(model, cache, data.texts))
     result = evaluate_retrieval(scores, data.text_to_clip)
-    return dict(result.metrics), result, None
+    metrics, zs = dict(result.metrics), None
+    names = sorted({c.label for c in data.clips if c.label is not None})
+    if len(names) > 1 and all(c.label is not None for c in data.clips):
+        # captioned and labelled (e.g. sfx): also classify among the split's own labels
+        template = data.template or "plain"
+        prompts = [render(template, name) for name in names]
+        zs = zero_shot_from_scores(score_matrix(model, audio, encode_texts(model, cache, prompts)), [c.label for c in data.clips], names,
+                                   template=template, prompts=prompts)
+        metrics.update({f"zeroshot/{k}": float(v) for k, v in zs.metrics.items()})
+    return metrics, result, zs
 
 
 def evaluate_run(
@@ -100,6 +132,7 @@ def evaluate_run(
     clips = load_clips(data, split=split)
     if not clips:
         raise ConfigError(f"{data}: no clips in split '{split}'")
+    skipped = problem_report(clips)
     cache.extract(clips, show_progress=show_progress)
     run_labels = resolved.get("data", {}).get("labels")
     has_text = any(c.texts for c in clips)
@@ -110,6 +143,8 @@ def evaluate_run(
         template = guess_template([c.label for c in clips if c.label is not None])
     label_names = run_labels if (run_labels and not has_text and {c.label for c in clips} <= set(run_labels)) else None
     paired = build_paired(cache, clips, template if not has_text else None, label_names)
+    if has_text:
+        paired.template = template  # the prompt for zero-shot over the labels of captioned clips (default: the label itself)
     result = EvaluationResult()
     metrics, result.retrieval, result.zeroshot = _split_metrics(model, cache, paired, paired.audio)
     result.metrics.update(metrics)
@@ -133,6 +168,7 @@ def evaluate_run(
     result.metadata.update({
         "run": str(run), "model": resolved.get("model", {}).get("method"), "data": str(data), "split": split,
         "n_clips": len(paired.clips), "n_texts": len(paired.texts), "template": template if not has_text else None,
+        "skipped_rows": skipped,
     })
     return result
 

@@ -21,25 +21,23 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sonalign.audio.io import audio_info, find_audio_files, load_audio
-from sonalign.errors import SonalignError
+from sonalign.errors import ConfigError, SonalignError
 from sonalign.index.embedders import get_embedder
+from sonalign.index.query import TRANSCRIPT, TRANSCRIPT_ENCODER, Searcher
 from sonalign.index.store import IndexStore, RecordingInfo
-from sonalign.pipeline import recording_id_for
-from sonalign.segments import Segment, segment_id
+from sonalign.segments import Segment, recording_id_for, segment_id
 from sonalign.utils.hashing import HashMemo
+from sonalign.utils.processes import spawn_pool, stop_pool
 from sonalign.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
-TRANSCRIPT = "transcript"
-TRANSCRIPT_ENCODER = "minilm-l6"
 COMMIT_EVERY_FILES = 20
 COMMIT_EVERY_SECONDS = 30.0
 #: Files of at most this length are decoded whole and batched with others; longer ones are streamed.
@@ -177,8 +175,8 @@ class Indexer:
         # pocketsphinx runs in its own process, beside the CNN (see embed_group)
         self.asr = TranscriptWorker(fast=True, in_process=not asr_process)
 
-    def close(self) -> None:
-        self.asr.close()
+    def close(self, *, wait: bool = True) -> None:
+        self.asr.close(wait=wait)
 
     def prepare(self, path: Path, recording_id: str) -> Prepared:
         """Segment one file (streamed: any length) and make its segment waves ready."""
@@ -400,6 +398,51 @@ def plan_groups(files: list[Path]) -> list[list[int]]:
     return groups
 
 
+def recording_key(path: Path, root: Path, root_real: Path | None) -> str:
+    """The path a recording is stored under: below the real ``root``, with links inside the folder
+    kept as they are (so a removed link leaves the index); a single file is stored resolved."""
+    return str(root_real / path.relative_to(root)) if root_real is not None else str(path.resolve())
+
+
+def unique_recording_id(store: IndexStore, wanted: str, path: str, taken: set[str]) -> str:
+    """``wanted`` unless another path already holds it (in the index, or earlier in this run):
+    then ``wanted~`` + a short hash of the path, the same for the same path every time."""
+    holder = store.recording(wanted)
+    if (holder is None or holder.path == path) and wanted not in taken:
+        return wanted
+    import hashlib
+
+    return f"{wanted}~{hashlib.sha1(path.encode('utf-8')).hexdigest()[:8]}"
+
+
+def _renamed(result: FileResult, rid: str) -> FileResult:
+    if rid != result.recording_id:
+        for n, seg in enumerate(result.segments):
+            seg.recording_id, seg.id = rid, segment_id(rid, n)
+        result.recording_id = rid
+    return result
+
+
+def check_same_vectors(store: IndexStore, settings: dict[str, Any], out: Path) -> None:
+    """Refuse to mix vectors of two models: an index whose recordings were embedded with other
+    settings (e.g. a run folder retrained in place: same path, new weights) must be rebuilt."""
+    import json
+
+    recorded = store.settings
+    now = json.loads(json.dumps(settings, default=str))
+    if not recorded or recorded == now or not store.recordings():
+        return
+    changed = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+    detail = ", ".join(f"{k} {_brief(recorded.get(k))} -> {_brief(now.get(k))}" for k in changed[:3])
+    raise ConfigError(f"{out}: its vectors were made with other model settings than model {store.model!r} has now ({detail}); "
+                      f"re-embed everything with `sonalign index DIR --out {out} --rebuild`")
+
+
+def _brief(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
 def build_index(
     root: str | Path,
     out: str | Path,
@@ -418,14 +461,16 @@ def build_index(
     ``workers``: processes that segment and embed groups of files in parallel, each with
     ``cores // workers`` torch threads, while this process writes the store. ``None`` (default):
     one per CPU core (see :func:`resolve_workers`), at most one per group; 1: all in this process
-    (CNN on every core, VAD in a thread beside it). On 2 cores, two single-threaded workers index
-    folders of short clips 1.32x faster than one process without transcripts and 1.34x faster
-    with them (bench/index.py, same-run references), because the CNN's threads no longer share
-    the cores with the VAD thread and workers keep glibc's faster default allocator (see
-    :func:`_init_worker`). Each worker holds its own models (peak ~0.85 GiB on a few thousand
-    files, up to ~1.4 GiB on tens of thousands; the writer ~0.4-0.5 GiB, against ~0.9 GiB for one
-    process). A single long file is one group, so it is
-    indexed in this process with every core.
+    (CNN on every core, VAD in a thread beside it). Workers pay off because the CNN's threads no
+    longer share the cores with the VAD thread, at the price of a copy of the models per worker
+    (docs/performance.md has the measured speed and memory). A single long file is one group, so
+    it is indexed in this process with every core.
+
+    Recording ids are the file's path below ``root`` with its extension (``x/y.flac``), so two
+    files never share one; a file that fails (unreadable, corrupt...) is reported and its earlier
+    segments leave the index. An index made with other model weights is refused (``rebuild=True``
+    re-embeds everything). Interrupted (Ctrl-C, SIGTERM), the workers are stopped at once and the
+    files committed so far stay indexed.
     """
     from sonalign.utils.memory import limit_heap_fragmentation
 
@@ -433,33 +478,41 @@ def build_index(
     started = time.perf_counter()
     root = Path(root)
     files = find_audio_files(root)
-    base = root if root.is_dir() else None
+    root_real = root.resolve() if root.is_dir() else None
     report = IndexReport(files=len(files))
     embedder = get_embedder(model)
-    store = IndexStore.open(out, create=True, rebuild=rebuild, model=embedder.name, dim=embedder.dim, settings=embedder.settings(), backend=backend, uri=uri)
+    out = Path(out)
+    store = IndexStore.open(out, create=True, rebuild=rebuild, model=embedder.name, dim=embedder.dim, backend=backend, uri=uri)
     indexer: Indexer | None = None
     pool: ProcessPoolExecutor | None = None
+    finished = False
     try:
-        memo = HashMemo(Path(out) / "hashes.json")
+        settings = embedder.settings()
+        check_same_vectors(store, settings, out)
+        if store.settings != settings:
+            store.set_meta("settings", settings)  # recorded with the first vectors made with them
+        if root_real is not None:
+            store.set_meta("root", str(root_real))
+        memo = HashMemo(out / "hashes.json")
         indexed = store.recordings()  # {path: content_hash}
         wanted: dict[str, tuple[Path, str]] = {}
         for f in files:
             try:
-                wanted[str(f.resolve())] = (f, memo.hash(f))
+                wanted[recording_key(f, root, root_real)] = (f, memo.hash(f))
             except OSError as exc:
                 report.failures.append((str(f), f"cannot read file ({exc.strerror or exc})"))
         memo.save()
         for path in sorted(set(indexed) - set(wanted)):
-            if root.is_dir() and Path(path).is_relative_to(root.resolve()):
+            if root_real is not None and (Path(path).is_relative_to(root_real) or Path(path).is_relative_to(root.absolute())):
                 store.remove_recording(path)
                 report.removed += 1
         todo = [(p, f, h) for p, (f, h) in wanted.items() if indexed.get(p) != h]
         report.unchanged = len(wanted) - len(todo)
         last_commit, since_commit = time.monotonic(), 0
-        rid_of = lambda f: recording_id_for(f.resolve(), base.resolve() if base else None)  # noqa: E731
         groups = [[todo[i] for i in g] for g in plan_groups([f for _, f, _ in todo])]
-        jobs = [[(f, rid_of(f)) for _, f, _ in g] for g in groups]
+        jobs = [[(f, recording_id_for(f, root if root_real is not None else None)) for _, f, _ in g] for g in groups]
         n_workers = report.workers = resolve_workers(workers, len(groups))
+        taken: set[str] = set()
 
         def in_process(some: list[list[tuple[Path, str]]]) -> Iterator[list[FileResult | Failed]]:
             nonlocal indexer
@@ -468,7 +521,7 @@ def build_index(
 
         if n_workers > 1:
             threads = max(1, (os.cpu_count() or 1) // n_workers)
-            pool = ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(model, transcripts, threads))
+            pool = spawn_pool(n_workers, _init_worker, (model, transcripts, threads))
             stream = _groups_in_workers(pool, n_workers, jobs, in_process)
         else:
             stream = in_process(jobs)
@@ -476,11 +529,12 @@ def build_index(
             for group, results in zip(groups, stream):
                 for (path, f, h), res in zip(group, results):
                     bar.update(1)
-                    if isinstance(res, Failed):
-                        report.failures.append((str(f), res.reason))
+                    reason = res.reason if isinstance(res, Failed) else _store_file(store, path, h, res, taken)
+                    if reason is not None:
+                        report.failures.append((str(f), reason))
+                        if path in indexed:  # changed, and now unusable: its old segments must not answer queries
+                            store.remove_recording(path)
                         continue
-                    store.upsert_recording(RecordingInfo(path=path, content_hash=h, duration=res.duration, sample_rate=res.sample_rate, id=res.recording_id),
-                                           res.segments, res.vectors, res.texts, res.extras or None)
                     report.updated += path in indexed
                     report.added += path not in indexed
                     report.segments += len(res.segments)
@@ -490,34 +544,33 @@ def build_index(
                         store.commit()
                         last_commit, since_commit = time.monotonic(), 0
         store.commit()
+        finished = True
     finally:
         if indexer is not None:
-            indexer.close()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            indexer.close(wait=finished)
+        stop_pool(pool, wait=finished)
         store.close()
     report.wall_seconds = time.perf_counter() - started
     return report
 
 
-def searcher_for_store(store: IndexStore, *, model: str | None = None, fusion_weight: float = 0.5):
-    """A :class:`~sonalign.index.query.Searcher` over an open store, with the model it was built with."""
-    from sonalign.encoders import get_text_encoder
-    from sonalign.index.query import Searcher
-
-    embedder = get_embedder(model or store.model or "default")
-
-    def embed_audio(wave: np.ndarray, sr: int) -> np.ndarray:
-        from sonalign.audio.io import resample
-
-        return embedder.embed_segments([resample(np.asarray(wave, np.float32), sr, embedder.sample_rate)])
-
-    def embed_transcript_space(texts: list[str]) -> np.ndarray:
-        return get_text_encoder(TRANSCRIPT_ENCODER).encode(list(texts), normalize_embeddings=True)["embedding"]
-
-    return Searcher(store, embedder.embed_text, embed_audio, embed_transcript_space, fusion_weight)
+def _store_file(store: IndexStore, path: str, content_hash: str, res: FileResult, taken: set[str]) -> str | None:
+    """Upsert one embedded file; the reason it could not be stored, or None."""
+    rid = unique_recording_id(store, res.recording_id, path, taken)
+    try:
+        store.upsert_recording(RecordingInfo(path=path, content_hash=content_hash, duration=res.duration, sample_rate=res.sample_rate, id=rid),
+                               _renamed(res, rid).segments, res.vectors, res.texts, res.extras or None)
+    except ValueError as exc:
+        return str(exc)
+    taken.add(rid)
+    return None
 
 
-def make_searcher(idx: str | Path, *, model: str | None = None, fusion_weight: float = 0.5):
-    """Open ``idx`` read-only and return a searcher over it."""
-    return searcher_for_store(IndexStore.open(idx, readonly=True), model=model, fusion_weight=fusion_weight)
+def searcher_for_store(store: IndexStore, *, model: str | None = None, fusion_weight: float = 0.5) -> Searcher:
+    """Kept for callers of earlier versions: :meth:`Searcher.for_store`."""
+    return Searcher.for_store(store, model=model, fusion_weight=fusion_weight)
+
+
+def make_searcher(idx: str | Path, *, model: str | None = None, fusion_weight: float = 0.5) -> Searcher:
+    """Kept for callers of earlier versions: :meth:`Searcher.open`."""
+    return Searcher.open(idx, model=model, fusion_weight=fusion_weight)

@@ -201,6 +201,20 @@ class MetadataDB:
                 self.conn.execute("ROLLBACK")
 
     @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads (only) inside see one committed state: a read transaction; other threads' statements
+        wait meanwhile. Inside an open write transaction they see that transaction's state, as any read does."""
+        with self._guard():
+            if self.conn.in_transaction:
+                yield
+                return
+            self.conn.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         """A nested, all-or-nothing unit inside the open transaction."""
         with self._guard():
@@ -317,6 +331,15 @@ class MetadataDB:
             kinds = dict(c.execute("SELECT kind, count(*) FROM segments GROUP BY kind").fetchall())
         return {"recordings": int(n_rec), "segments": int(n_seg), "extra": {k: int(v) for k, v in extra.items()}, "kinds": kinds}
 
+    def count_vectors(self, name: str | None = None) -> int:
+        """How many main vectors (``name=None``) or extra vectors ``name`` there are. Main vectors are
+        counted by their segments (each segment has exactly one, inserted and deleted with it): that
+        count reads a small index, not the pages holding the vectors."""
+        with self._guard():
+            if name is None:
+                return int(self.conn.execute("SELECT count(*) FROM segments").fetchone()[0])
+            return int(self.conn.execute("SELECT count(*) FROM extra_vectors WHERE name=?", (name,)).fetchone()[0])
+
     def row_ids(self, name: str | None = None) -> np.ndarray:
         """Sorted row ids holding a main vector (``name=None``) or an extra vector ``name``."""
         with self._guard():
@@ -330,8 +353,11 @@ class MetadataDB:
         with self._guard():
             return [r[0] for r in self.conn.execute("SELECT DISTINCT name FROM extra_vectors ORDER BY name")]
 
-    def iter_vectors(self, dim: int, name: str | None = None, row_ids: Iterable[int] | None = None, batch: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(row_ids, vectors)`` batches: all of them, or those of ``row_ids`` that exist."""
+    def iter_vectors(
+        self, dim: int, name: str | None = None, row_ids: Iterable[int] | None = None, batch: int = 20_000, after: int = -1
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(row_ids, vectors)`` batches: those of ``row_ids`` that exist, or else every one whose
+        row id is above ``after`` (all of them by default), in row id order."""
         if row_ids is not None:
             ids = np.asarray(list(row_ids) if not isinstance(row_ids, np.ndarray) else row_ids, dtype=np.int64)
             for i in range(0, ids.size, 500):
@@ -339,7 +365,7 @@ class MetadataDB:
                 if got_ids.size:
                     yield got_ids, got
             return
-        last = -1
+        last = int(after)
         while True:
             with self._guard():
                 if name is None:

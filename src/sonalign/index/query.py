@@ -17,10 +17,12 @@ computed exactly from its stored vector.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +34,9 @@ from sonalign.index.vectors import normalize
 MAX_QUERY_CHARS = 500
 MAX_K = 1000
 SNIPPET_CHARS = 160
+#: The extra vector kind of speech segments' transcripts, and the text encoder that embeds them.
 TRANSCRIPT = "transcript"
+TRANSCRIPT_ENCODER = "minilm-l6"
 
 
 @dataclass
@@ -114,6 +118,37 @@ class Searcher:
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._cache_size = int(cache_size)
         self._cache_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, idx: str | Path, *, model: str | None = None, fusion_weight: float = 0.5) -> "Searcher":
+        """Open the index folder ``idx`` read-only and search it with the model it was built with."""
+        return cls.for_store(IndexStore.open(idx, readonly=True), model=model, fusion_weight=fusion_weight)
+
+    @classmethod
+    def for_store(cls, store: IndexStore, *, model: str | None = None, fusion_weight: float = 0.5) -> "Searcher":
+        """A searcher over an open store, embedding queries with the index's model (or ``model``).
+
+        Raises ConfigError when that model's settings (e.g. weights retrained in place) differ from
+        those the index's vectors were made with: their scores would mean nothing.
+        """
+        from sonalign.encoders import get_text_encoder
+        from sonalign.index.embedders import get_embedder
+
+        embedder = get_embedder(model or store.model or "default")
+        recorded = store.settings
+        if recorded and recorded != json.loads(json.dumps(embedder.settings(), default=str)):
+            raise ConfigError(f"{store.path}: its vectors were made with other settings than model {embedder.name!r} has now "
+                              f"(e.g. weights retrained in place); re-embed with `sonalign index DIR --out {store.path} --rebuild`")
+
+        def embed_audio(wave: np.ndarray, sr: int) -> np.ndarray:
+            from sonalign.audio.io import resample
+
+            return embedder.embed_segments([resample(np.asarray(wave, np.float32), sr, embedder.sample_rate)])
+
+        def embed_transcript_space(texts: list[str]) -> np.ndarray:
+            return get_text_encoder(TRANSCRIPT_ENCODER).encode(list(texts), normalize_embeddings=True)["embedding"]
+
+        return cls(store, embedder.embed_text, embed_audio, embed_transcript_space, fusion_weight)
 
     # ------------------------------------------------------------------ embedding
     def _embed(self, which: str, text: str) -> np.ndarray:
@@ -308,4 +343,4 @@ def _one_vector(out: Any, what: str) -> np.ndarray:
     return normalize(arr)[0]
 
 
-__all__ = ["Hit", "MAX_K", "MAX_QUERY_CHARS", "Searcher", "validate_k", "validate_query"]
+__all__ = ["Hit", "MAX_K", "MAX_QUERY_CHARS", "Searcher", "TRANSCRIPT", "TRANSCRIPT_ENCODER", "validate_k", "validate_query"]

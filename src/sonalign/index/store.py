@@ -15,9 +15,12 @@ Crash-consistency design
   ``commit()`` bumps the ``generation`` number, records for each changed vector kind the generation it
   was last changed in (meta ``vector_generations``) and commits: that is the only moment the index
   changes. A kill before it leaves the previous state, a kill after it the new one.
-* After the SQLite commit, each changed faiss index is written atomically (temp file, fsync,
-  ``os.replace``) with a footer holding ``{index_uuid, generation}`` and a CRC-32; the manifest is
-  written last. A kill between these steps leaves a vector file whose tag is older than SQLite says.
+* A vector file is a snapshot: after the SQLite commit, a changed faiss index is written atomically
+  (temp file, fsync, ``os.replace``) with a footer holding ``{index_uuid, generation}`` and a CRC-32,
+  then the manifest. Not at every commit: only once the rows changed since the file was written exceed
+  ``SNAPSHOT_RATIO`` of the rows it holds (so the bytes written over a build stay proportional to its
+  size, not its square), and when a writer closes. Between snapshots, and after a kill between the
+  steps, a vector file's tag is older than SQLite says: that is normal, not damage.
 * On open, each vector file is checked against SQLite: missing, of another index (uuid), or of an
   older generation → it is brought up to date from SQLite. Row ids are ``AUTOINCREMENT`` (never
   reused), so a row id names one immutable vector and the repair is a set difference: remove the ids
@@ -29,7 +32,9 @@ Crash-consistency design
   can also be regenerated from ``meta.sqlite`` with ``IndexStore.open(IDX, repair=True)``.
 
 Readers (the web server) open with ``readonly=True``; SQLite's WAL lets them read while a writer works,
-and :meth:`IndexStore.refresh` picks up the writer's new vector files once they are complete.
+and :meth:`IndexStore.refresh` applies the writer's commits to the in-memory indexes from SQLite: the
+rows above the largest row id an index has seen are the new ones (ids only grow), and a removal shows
+as a count that no longer adds up, found by a set difference. The vector files are not re-read.
 """
 
 from __future__ import annotations
@@ -43,14 +48,14 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sonalign.errors import ConfigError, IndexCorruptError
+from sonalign.errors import ConfigError, IndexCorruptError, StorageError
 from sonalign.index.metadata import REBUILD_HINT, MetadataDB, RecordingRow, SegmentRow
 from sonalign.index.vectors import DEFAULT_HNSW_THRESHOLD, FaissIndex, file_tag, normalize
 from sonalign.segments import Segment
@@ -61,6 +66,11 @@ DB_FILE = "meta.sqlite"
 VECTOR_FILE = "vectors.faiss"
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".writer.lock"
+#: A commit rewrites a vector file only once the rows changed since it was written exceed this share of
+#: the rows it holds. Files are then rewritten at sizes growing geometrically, so the bytes written over
+#: a whole build stay proportional to the index (at most about ``1 + 1/SNAPSHOT_RATIO`` times its final
+#: size), and an opener of a lagging file replays at most this share of it from SQLite. 0: at every commit.
+SNAPSHOT_RATIO = 0.25
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
@@ -101,14 +111,17 @@ class RecordingInfo:
 class IndexStore:
     """An index directory: SQLite metadata + vectors, faiss indexes derived from them. Use :meth:`open`."""
 
-    def __init__(self, path: Path, db: MetadataDB, *, readonly: bool, lock: Any, options: dict[str, Any]):
+    def __init__(self, path: Path, db: MetadataDB, *, readonly: bool, lock: Any, options: dict[str, Any], snapshot_ratio: float = SNAPSHOT_RATIO):
         self.path = path
         self.db = db
         self.readonly = readonly
         self._lock_handle = lock
         self._options = options
+        self._snapshot_ratio = float(snapshot_ratio)
         self._indexes: dict[str, FaissIndex] = {}
-        self._dirty: set[str] = set()
+        self._dirty: set[str] = set()  # vector kinds changed in the open transaction
+        self._file_rows: dict[str, int | None] = {}  # rows in each kind's saved vectors (None: no valid file)
+        self._lag: dict[str, int] = {}  # rows added or removed since each kind's vectors were saved
         self._loaded_generation = -1
         self._stale_since: float | None = None
         self._last_refresh = 0.0
@@ -134,6 +147,7 @@ class IndexStore:
         lock_timeout: float = 10.0,
         backend: str | None = None,
         uri: str | None = None,
+        snapshot_ratio: float = SNAPSHOT_RATIO,
     ) -> "IndexStore":
         """Open (or with ``create=True`` make) the index directory ``path``.
 
@@ -142,7 +156,8 @@ class IndexStore:
         and checked on later opens (a mismatch raises ``ConfigError``). ``readonly=True`` never writes.
         ``backend="milvus"`` with ``uri`` keeps the vectors in a Milvus server instead of faiss files
         (recorded when the index is new; ``uri`` or ``SONALIGN_MILVUS_URI`` overrides the recorded
-        address later): see :mod:`sonalign.index.milvus`.
+        address later): see :mod:`sonalign.index.milvus`. ``snapshot_ratio``: how much may change before a
+        commit rewrites a vector file (:data:`SNAPSHOT_RATIO`; 0 rewrites the changed files at every commit).
         """
         path = Path(path)
         if readonly and (create or rebuild or repair):
@@ -169,13 +184,16 @@ class IndexStore:
                 create = True
             db = MetadataDB(db_path, create=create, readonly=readonly)
             try:
-                store = cls(path, db, readonly=readonly, lock=lock, options={"hnsw_threshold": hnsw_threshold, "ef_search": ef_search})
+                options = {"hnsw_threshold": hnsw_threshold, "ef_search": ef_search}
+                store = cls(path, db, readonly=readonly, lock=lock, options=options, snapshot_ratio=snapshot_ratio)
                 store._init_meta(model=model, dim=dim, settings=settings)
                 if backend not in (None, "faiss") or db.get_meta("vector_backend") is not None or previous is not None:
                     from sonalign.index.milvus import open_backend
 
                     store._backend = open_backend(store, backend, uri, previous)
                 store._load_vectors(repair=repair)
+                if not readonly:
+                    store._write_back_repairs()
             except BaseException:
                 db.close()
                 raise
@@ -231,78 +249,101 @@ class IndexStore:
         return dims
 
     def _load_vectors(self, *, repair: bool = False, reuse: dict[str, FaissIndex] | None = None) -> None:
-        """Load every vector file and bring it in line with SQLite (see the module docstring).
+        """Load every kind's saved vectors and bring them in line with SQLite (see the module docstring).
 
         ``reuse``: in-memory indexes whose tag already matches SQLite are kept instead of re-read.
-        Files are rewritten only outside a transaction, so a vector file never holds uncommitted rows.
+        Nothing is written here: the caller decides what to save (a writer's open: every repaired file).
         """
         # The generation is read first: a writer committing while this runs makes what is loaded
-        # newer than the label (reloaded once more at the next refresh), never older.
+        # newer than the label (caught up at the next refresh), never older.
         generation = int(self.db.get_meta("generation") or 0)
         uid = self.db.get_meta("index_uuid")
         vgens = self.db.get_meta("vector_generations") or {}
-        counts = self.db.counts()
         indexes: dict[str, FaissIndex] = {}
         changed: set[str] = set()
         for name, dim in self._dims().items():
-            want = counts["segments"] if name == "" else counts["extra"].get(name, 0)
+            want = self.db.count_vectors(name or None)
             current = (reuse or {}).get(name)
             if current is not None and current.tag == {"index_uuid": uid, "generation": vgens.get(name, 0)} and current.ntotal == want:
                 indexes[name] = current
                 continue
-            file = self._vector_path(name)
-            index: FaissIndex | None = None
-            if self._backend is not None or file.exists():
-                try:
-                    index = self._backend.load(name, dim) if self._backend is not None else FaissIndex.load(file, require_footer=True, **self._options)
-                except IndexCorruptError as exc:
-                    if not repair:
-                        raise IndexCorruptError(
-                            f"{exc}. {REBUILD_HINT[0].upper()}{REBUILD_HINT[1:]}; or, since {self.db.path} holds every vector, "
-                            f"regenerate the file with IndexStore.open({str(self.path)!r}, repair=True)"
-                        ) from None
-                    index = None
-                if index is not None and ((index.tag or {}).get("index_uuid") != uid or index.dim != dim):
-                    index = None  # a file left from another index: not ours to trust
-            fresh = index is None
+            index = self._read_saved(name, dim, uid, repair)
+            self._file_rows[name] = None if index is None else index.ntotal
+            self._lag[name] = 0
             if index is None:
                 index = self._new_index(name, dim)
-            if fresh or (index.tag or {}).get("generation") != vgens.get(name, 0) or index.ntotal != want:
-                self._sync(index, name)
+            if self._file_rows[name] is None or (index.tag or {}).get("generation") != vgens.get(name, 0) or index.ntotal != want:
+                # At least 1: even holding the same rows, the saved copy is labelled with an older state.
+                self._lag[name] = max(1, self._sync(index, name))
                 index.tag = None  # its content no longer matches the file it came from
                 changed.add(name)
             indexes[name] = index
         self._indexes = indexes
-        self._dirty = set()
+        self._dirty = changed if self.db.in_transaction else set()  # then saved with the next commit's generation
         self._loaded_generation = generation
-        if self.readonly:
-            return
-        if self.db.in_transaction:
-            self._dirty = changed  # saved by the next commit, with its generation
-        elif changed:
-            self._save_vectors(changed, vgens)
-        elif not (self.path / MANIFEST_FILE).exists():
-            self._write_manifest()
 
-    def _sync(self, index: FaissIndex, name: str) -> bool:
-        """Make ``index`` hold exactly SQLite's ids for vector kind ``name``; True if it changed."""
-        key = None if name == "" else name
-        want = self.db.row_ids(key)
-        have = index.ids()
-        stale = np.setdiff1d(have, want, assume_unique=True)
-        missing = np.setdiff1d(want, have, assume_unique=True)
+    def _read_saved(self, name: str, dim: int, uid: str, repair: bool) -> FaissIndex | None:
+        """The saved vectors of kind ``name`` as they are; None if missing, of another index, or (with ``repair``) damaged."""
+        file = self._vector_path(name)
+        if self._backend is None and not file.exists():
+            return None
+        try:
+            index = self._backend.load(name, dim) if self._backend is not None else FaissIndex.load(file, require_footer=True, **self._options)
+        except IndexCorruptError as exc:
+            if not repair:
+                raise IndexCorruptError(
+                    f"{exc}. {REBUILD_HINT[0].upper()}{REBUILD_HINT[1:]}; or, since {self.db.path} holds every vector, "
+                    f"regenerate the file with IndexStore.open({str(self.path)!r}, repair=True)"
+                ) from None
+            return None
+        if index is not None and ((index.tag or {}).get("index_uuid") != uid or index.dim != dim):
+            return None  # a file left from another index: not ours to trust
+        return index
+
+    def _sync(self, index: FaissIndex, name: str) -> int:
+        """Make ``index`` hold exactly SQLite's ids for vector kind ``name``; returns how many it changed."""
+        key = name or None
+        stale, missing = self._difference(index, key)
         if stale.size:
             index.remove(stale)
-        if missing.size:
-            if missing.size > 0.5 * want.size:
-                for ids, vecs in self.db.iter_vectors(index.dim, key):
-                    keep = np.isin(ids, missing, assume_unique=True)
-                    if keep.any():
-                        index.add(ids[keep], vecs[keep])
-            else:
-                for ids, vecs in self.db.iter_vectors(index.dim, key, row_ids=missing):
-                    index.add(ids, vecs)
-        return bool(stale.size or missing.size)
+        for ids, vecs in self._read_vectors(index.dim, key, missing):
+            index.add(ids, vecs)
+        return int(stale.size + missing.size)
+
+    def _difference(self, index: FaissIndex, key: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(stale, missing)``: the ids ``index`` holds that SQLite does not, and the other way round."""
+        want = self.db.row_ids(key)
+        have = index.ids()
+        return np.setdiff1d(have, want, assume_unique=True), np.setdiff1d(want, have, assume_unique=True)
+
+    def _read_vectors(self, dim: int, key: str | None, row_ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """SQLite's vectors of ``row_ids`` in batches: by id, or by one scan when they are most of them."""
+        if not row_ids.size:
+            return
+        if row_ids.size <= 0.5 * self.db.count_vectors(key):
+            yield from self.db.iter_vectors(dim, key, row_ids=row_ids)
+            return
+        for ids, vecs in self.db.iter_vectors(dim, key):
+            keep = np.isin(ids, row_ids, assume_unique=True)
+            if keep.any():
+                yield ids[keep], vecs[keep]
+
+    def _save_due(self, name: str) -> bool:
+        """Whether the next commit should save kind ``name`` (see :data:`SNAPSHOT_RATIO`). A server-side
+        backend saves only what changed, so it saves at every commit."""
+        rows = self._file_rows.get(name)
+        return self._backend is not None or rows is None or self._lag.get(name, 0) > self._snapshot_ratio * rows
+
+    def _behind(self) -> set[str]:
+        """Kinds whose saved vectors lag their committed state (uncommitted ones are left out)."""
+        return {name for name in self._indexes if name not in self._dirty and (self._lag.get(name) or self._file_rows.get(name) is None)}
+
+    def _write_back_repairs(self) -> None:
+        """A writer's open: save every kind found behind SQLite (and the manifest, if any changed or it is missing)."""
+        behind = self._behind()
+        self._save_vectors(behind)
+        if behind or not (self.path / MANIFEST_FILE).exists():
+            self._write_manifest()
 
     def _save_vectors(self, names: set[str], vgens: dict[str, int] | None = None) -> None:
         uid = self.db.get_meta("index_uuid")
@@ -311,7 +352,7 @@ class IndexStore:
             index = self._indexes.get(name)
             if index is not None:
                 index.save(self._vector_path(name), tag={"index_uuid": uid, "generation": vgens.get(name, 0)})
-        self._write_manifest()
+                self._file_rows[name], self._lag[name] = index.ntotal, 0
 
     def _write_manifest(self) -> None:
         atomic_write_text(self.path / MANIFEST_FILE, json.dumps(self.stats(), indent=2, sort_keys=True) + "\n")
@@ -394,14 +435,17 @@ class IndexStore:
                 main = self._index_for("")
                 main.remove(removed)
                 main.add(row_ids, normed)
-                self._dirty.add("")
+                self._changed("", removed.size + n)
             for name in set(removed_extra) | set(extras):
                 index = self._index_for(name)
-                index.remove(removed_extra.get(name, np.zeros(0, np.int64)))
+                gone = removed_extra.get(name, np.zeros(0, np.int64))
+                index.remove(gone)
+                added = 0
                 if name in extras and extras[name][0].any():
                     mask, arr = extras[name]
                     index.add(row_ids[mask], arr[mask])
-                self._dirty.add(name)
+                    added = int(mask.sum())
+                self._changed(name, gone.size + added)
         except BaseException:
             self._resync_memory()
             raise
@@ -442,6 +486,10 @@ class IndexStore:
             self._indexes = {**self._indexes, name: index}
         return index
 
+    def _changed(self, name: str, rows: int) -> None:
+        self._dirty.add(name)
+        self._lag[name] = self._lag.get(name, 0) + int(rows)
+
     def remove_recording(self, path: str | os.PathLike[str]) -> bool:
         """Remove the recording stored for ``path`` (and its segments and vectors); False if none."""
         self._check_writable()
@@ -453,10 +501,10 @@ class IndexStore:
         try:
             if removed.size:
                 self._index_for("").remove(removed)
-                self._dirty.add("")
+                self._changed("", removed.size)
             for name, ids in removed_extra.items():
                 self._index_for(name).remove(ids)
-                self._dirty.add(name)
+                self._changed(name, ids.size)
         except BaseException:
             self._resync_memory()
             raise
@@ -470,14 +518,22 @@ class IndexStore:
         self.db.set_meta(key, value)
 
     def commit(self) -> None:
-        """Make every change since the last commit durable, then rewrite the changed vector files."""
+        """Make every change since the last commit durable.
+
+        A changed vector file is rewritten only once enough has changed since it was last written
+        (:data:`SNAPSHOT_RATIO`): until then it keeps its older generation's tag, and whoever opens it
+        brings it up to date from SQLite. So the bytes a commit writes do not grow with the index.
+        """
         self._check_writable()
         if not self.db.in_transaction:
             return
         dirty = set(self._dirty)
         vgens = self._bump_and_commit(dirty)
         self._dirty = set()
-        self._save_vectors(dirty, vgens)
+        due = {name for name in dirty if self._save_due(name)}
+        if due:
+            self._save_vectors(due, vgens)
+            self._write_manifest()
 
     def _bump_and_commit(self, dirty: set[str] | None = None) -> dict[str, int]:
         gen = int(self.db.get_meta("generation") or 0) + 1
@@ -503,16 +559,28 @@ class IndexStore:
         self._dirty |= dirty
 
     def close(self) -> None:
-        """Close without committing (an open transaction is rolled back)."""
+        """Close without committing (an open transaction is rolled back). A writer first saves the
+        vector files its commits left behind, so that readers open them without catching up (one
+        snapshot per writing session: cheaper than every later open replaying, say, HNSW inserts)."""
         if self._closed:
             return
-        self._closed = True
-        with contextlib.suppress(Exception):
+        try:
             if not self.readonly:
+                self._close_writer()
+        finally:
+            self._closed = True
+            self.db.close()
+            _release_lock(self._lock_handle)
+            self._lock_handle = None
+
+    def _close_writer(self) -> None:
+        if self._dirty:
+            self.rollback()  # the in-memory indexes hold uncommitted changes: back to the committed state
+        else:
+            with contextlib.suppress(Exception):
                 self.db.rollback()
-        self.db.close()
-        _release_lock(self._lock_handle)
-        self._lock_handle = None
+        self._save_vectors(self._behind())
+        self._write_manifest()
 
     def __enter__(self) -> "IndexStore":
         return self
@@ -600,11 +668,13 @@ class IndexStore:
         }
 
     def refresh(self, min_interval: float = 1.0, stale_grace: float = 10.0) -> bool:
-        """Read-only stores: pick up a writer's committed changes. Returns True if vectors were reloaded.
+        """Read-only stores: pick up a writer's committed changes. Returns True if the vectors changed.
 
-        New vector files are loaded once the writer has finished writing them; if they stay behind
-        SQLite for ``stale_grace`` seconds (a writer that died mid-way), the vectors are brought up to
-        date in memory from SQLite instead.
+        With faiss files, the rows added and removed since the last refresh are read from SQLite and
+        applied to the in-memory indexes; the vector files are not read (a writer rewrites them only now
+        and then). With a server-side backend (Milvus), its new state is picked up once the writer has
+        saved it there; if that stays behind SQLite for ``stale_grace`` seconds (a writer that died
+        mid-way), the vectors are brought up to date in memory from SQLite instead.
         """
         if not self.readonly or self._closed:
             return False
@@ -624,6 +694,49 @@ class IndexStore:
         if gen == self._loaded_generation:
             self._stale_since = None
             return False
+        if self._backend is not None:
+            return self._reload_from_backend(now, stale_grace)
+        self._catch_up()
+        return True
+
+    def _catch_up(self) -> None:
+        """Apply what changed in SQLite since the last refresh to the in-memory indexes. Each index
+        changes in one step (a search sees all of it or none); a change that would rebuild one
+        (switch to HNSW, compaction) is made on a copy, swapped in when done, so searches go on."""
+        with self.db.snapshot():
+            generation = int(self.db.get_meta("generation") or 0)
+            changes = {name: self._changes(name, dim) for name, dim in self._dims().items()}
+        for name, (index, stale, ids, vecs) in changes.items():
+            if stale.size or ids.size:
+                if index.would_rebuild(stale.size, ids.size):
+                    index = index.updated_copy(stale, ids, vecs)
+                else:
+                    index.update(stale, ids, vecs)
+            if self._indexes.get(name) is not index:
+                self._indexes = {**self._indexes, name: index}  # a new dict: readers of the old one are unaffected
+        self._loaded_generation = generation
+
+    def _changes(self, name: str, dim: int) -> tuple[FaissIndex, np.ndarray, np.ndarray, np.ndarray]:
+        """``(index, ids to remove, ids to add, their vectors)`` that bring this reader's index of kind
+        ``name`` to SQLite's state.
+
+        Row ids are never reused and a new row's id is above every earlier one, so the rows above the
+        largest id the index has seen are the new ones; if SQLite's count then agrees, nothing was
+        removed and nothing more is read. Otherwise the removed ids are found by a set difference.
+        """
+        index = self._indexes.get(name)
+        if index is None:
+            index = self._new_index(name, dim)
+        key = name or None
+        ids, vecs = _concat(self.db.iter_vectors(dim, key, after=index.max_id), dim)
+        if index.ntotal + ids.size == self.db.count_vectors(key):
+            return index, np.zeros(0, np.int64), ids, vecs
+        stale, missing = self._difference(index, key)
+        ids, vecs = _concat(self._read_vectors(dim, key, missing), dim)
+        return index, stale, ids, vecs
+
+    def _reload_from_backend(self, now: float, stale_grace: float) -> bool:
+        """Reload a server-side backend's indexes once the writer has saved the committed generation there."""
         vgens = self.db.get_meta("vector_generations") or {}
         ready = all((self._saved_tag(n) or {}).get("generation") == vgens.get(n, 0) for n in self._dims() if n in vgens)
         if not ready:
@@ -646,6 +759,14 @@ def _check_vectors(vectors: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} contain an all-zero vector (cannot be normalised)")
 
 
+def _concat(batches: Iterator[tuple[np.ndarray, np.ndarray]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """One ``(ids, vectors)`` pair from batches of them."""
+    parts = list(batches)
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+    return np.concatenate([ids for ids, _ in parts]), np.concatenate([vecs for _, vecs in parts])
+
+
 def _acquire_lock(path: Path, timeout: float) -> Any:
     handle = open(path, "a+")  # noqa: SIM115 - kept open while the store is
     deadline = time.monotonic() + timeout
@@ -656,7 +777,8 @@ def _acquire_lock(path: Path, timeout: float) -> Any:
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 handle.close()
-                raise RuntimeError(f"{path.parent}: another process is writing this index (lock {path.name} held)") from None
+                raise StorageError(f"{path.parent}: another process is writing this index (lock {path.name} held for over {timeout:g} s); "
+                                   "run again once it has finished, or stop it") from None
             time.sleep(0.05)
 
 

@@ -10,6 +10,11 @@ a *tombstone*: its slot in the id map is set to -1, searches skip it through an 
 tombstones exceed ``compact_ratio`` of the slots the graph is rebuilt from the live vectors
 (:meth:`FaissIndex.compact`). Tombstones live in the id map, so they are saved in the same file.
 
+Concurrency: searches share a read lock, changes take the write lock. :meth:`FaissIndex.update`
+removes and adds in one step, so a search sees all of a change or none of it; a change that would
+rebuild the index (switch to HNSW, compaction) can instead be made on a copy
+(:meth:`FaissIndex.updated_copy`) while searches go on in the original.
+
 Files: :meth:`FaissIndex.save` writes the faiss index to a temporary file, appends a small footer
 (magic, JSON tag, payload size and CRC-32), fsyncs and ``os.replace`` s it over the target, so a reader
 sees the old file or the new one, never a torn one. The footer carries a caller's tag (the store puts
@@ -32,7 +37,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 import faiss
 import numpy as np
 
-from sonalign.errors import IndexCorruptError
+from sonalign.errors import IndexCorruptError, StorageError
 from sonalign.utils.atomic import atomic_path
 
 #: Switch from exact search to HNSW at this many vectors.
@@ -202,6 +207,11 @@ class FaissIndex:
         return self._tombstones
 
     @property
+    def max_id(self) -> int:
+        """The largest id added since this index was made or loaded (-1 if none), removed or not."""
+        return self._max_id
+
+    @property
     def ef_search(self) -> int:
         """The efSearch in use: the one set, or the automatic one for the current size."""
         if self._ef_search is not None:
@@ -225,58 +235,101 @@ class FaissIndex:
 
     # ------------------------------------------------------------------ mutation
     def add(self, ids: Iterable[int] | np.ndarray, vectors: np.ndarray) -> None:
+        self.update((), ids, vectors)
+
+    def remove(self, ids: Iterable[int] | np.ndarray) -> int:
+        """Remove ``ids`` (unknown ids are ignored); returns how many were removed."""
+        return self.update(ids)
+
+    def update(self, remove: Iterable[int] | np.ndarray, add_ids: Iterable[int] | np.ndarray = (), add_vectors: np.ndarray | None = None) -> int:
+        """Remove ``remove`` (unknown ids are ignored), then add ``add_vectors`` under ``add_ids``, as one
+        change: a concurrent search sees all of it or none of it. Returns how many ids were removed."""
+        removed = _as_ids(remove)
+        ids, x = self._check_new(add_ids, add_vectors)
+        if ids.size == 0 and (removed.size == 0 or self.ntotal == 0):
+            return 0
+        with self._lock.write():
+            if ids.size and ids.min() <= self._max_id:
+                dup = ids[self._contains(ids) & ~np.isin(ids, removed)]
+                if dup.size:
+                    raise ValueError(f"ids already in the index: {dup[:5].tolist()}")
+            n = self._remove_locked(removed) if removed.size and self.ntotal else 0
+            if ids.size:
+                self._add_locked(ids, x)
+            return n
+
+    def would_rebuild(self, n_remove: int, n_add: int) -> bool:
+        """Whether an :meth:`update` of this size may rebuild the index (switch to HNSW, or compact its
+        tombstones): a long change that holds searches back, better made on a copy (:meth:`updated_copy`)."""
+        if self._kind == "flat":
+            return self._switches_to_hnsw(self.ntotal - n_remove + n_add)
+        return self._needs_compaction(self._tombstones + n_remove)
+
+    def updated_copy(self, remove: Iterable[int] | np.ndarray, add_ids: Iterable[int] | np.ndarray = (), add_vectors: np.ndarray | None = None) -> "FaissIndex":
+        """A new index holding this one's vectors less ``remove`` plus the added ones, built while
+        searches go on in this one (which is left as it is)."""
+        ids, x = self._check_new(add_ids, add_vectors)
+        with self._lock.read():
+            live_ids, live_x = self._live()
+        keep = ~np.isin(live_ids, _as_ids(remove))
+        copy = FaissIndex(self.dim, hnsw_threshold=self.hnsw_threshold, ef_search=self._ef_search, m=self.m, ef_construction=self.ef_construction,
+                          compact_ratio=self.compact_ratio)
+        copy.add(np.concatenate([live_ids[keep], ids]), np.concatenate([live_x[keep], x]))
+        copy._max_id = max(copy._max_id, self._max_id)
+        return copy
+
+    def _check_new(self, ids: Iterable[int] | np.ndarray, vectors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Validate ids and vectors to add; returns the ids and the normalised vectors."""
         ids = _as_ids(ids)
-        vectors = np.asarray(vectors)
+        vectors = np.zeros((0, self.dim), np.float32) if vectors is None else np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"vectors must have shape (n, {self.dim}), got {vectors.shape}")
         if vectors.shape[0] != ids.shape[0]:
             raise ValueError(f"{ids.shape[0]} ids for {vectors.shape[0]} vectors")
         if ids.size == 0:
-            return
+            return ids, vectors.astype(np.float32, copy=False)
         if not np.isfinite(vectors).all():
             raise ValueError("vectors contain NaN or infinite values")
         if ids.min() < 0 or ids.max() >= _ID_LIMIT:
             raise ValueError("ids must be in 0 .. 2**62")
         if np.unique(ids).size != ids.size:
             raise ValueError("duplicate ids in one add()")
-        x = normalize(vectors)
-        with self._lock.write():
-            if ids.min() <= self._max_id:
-                dup = ids[self._contains(ids)]
-                if dup.size:
-                    raise ValueError(f"ids already in the index: {dup[:5].tolist()}")
-            if self._kind == "flat" and self.ntotal + ids.size >= self.hnsw_threshold:
-                old_ids, old_x = self._live()
-                self._build("hnsw", np.concatenate([old_ids, ids]), np.concatenate([old_x, x]))
-            else:
-                self._index.add_with_ids(x, ids)
-                self._cache = None
-            self._max_id = max(self._max_id, int(ids.max()))
+        return ids, normalize(vectors)
 
-    def remove(self, ids: Iterable[int] | np.ndarray) -> int:
-        """Remove ``ids`` (unknown ids are ignored); returns how many were removed."""
-        ids = _as_ids(ids)
-        if ids.size == 0 or self.ntotal == 0:
-            return 0
-        with self._lock.write():
-            if self._kind == "flat":
-                n = int(self._index.remove_ids(faiss.IDSelectorBatch(np.unique(ids))))
-                self._cache = None
-                return n
-            id_map, _, _ = self._ids_cache()
-            hit = np.isin(id_map, ids) & (id_map >= 0)
-            n = int(hit.sum())
-            if n == 0:
-                return 0
-            id_map = id_map.copy()
-            id_map[hit] = -1
-            faiss.copy_array_to_vector(id_map, self._index.id_map)
-            self._index.construct_rev_map()
-            self._tombstones += n
+    def _add_locked(self, ids: np.ndarray, x: np.ndarray) -> None:
+        if self._switches_to_hnsw(self.ntotal + ids.size):
+            old_ids, old_x = self._live()
+            self._build("hnsw", np.concatenate([old_ids, ids]), np.concatenate([old_x, x]))
+        else:
+            self._index.add_with_ids(x, ids)
             self._cache = None
-            if self._tombstones > self.compact_ratio * self._index.ntotal:
-                self._compact_locked()
+        self._max_id = max(self._max_id, int(ids.max()))
+
+    def _remove_locked(self, ids: np.ndarray) -> int:
+        if self._kind == "flat":
+            n = int(self._index.remove_ids(faiss.IDSelectorBatch(np.unique(ids))))
+            self._cache = None
             return n
+        id_map, _, _ = self._ids_cache()
+        hit = np.isin(id_map, ids) & (id_map >= 0)
+        n = int(hit.sum())
+        if n == 0:
+            return 0
+        id_map = id_map.copy()
+        id_map[hit] = -1
+        faiss.copy_array_to_vector(id_map, self._index.id_map)
+        self._index.construct_rev_map()
+        self._tombstones += n
+        self._cache = None
+        if self._needs_compaction(self._tombstones):
+            self._compact_locked()
+        return n
+
+    def _switches_to_hnsw(self, n_live: int) -> bool:
+        return self._kind == "flat" and n_live >= self.hnsw_threshold
+
+    def _needs_compaction(self, tombstones: int) -> bool:
+        return self._kind == "hnsw" and tombstones > self.compact_ratio * self._index.ntotal
 
     def compact(self) -> None:
         """Rebuild the HNSW graph without tombstones (back to flat if it shrank below half the threshold)."""
@@ -420,7 +473,12 @@ class FaissIndex:
         path = Path(path)
         with self._lock.read():
             with atomic_path(path) as tmp:
-                faiss.write_index(self._index, str(tmp))
+                try:
+                    faiss.write_index(self._index, str(tmp))
+                except RuntimeError as exc:  # faiss reports a failed write (disk full, I/O error) as a C++ RuntimeError
+                    detail = str(exc).strip().splitlines()[-1][-200:] if str(exc).strip() else type(exc).__name__
+                    raise StorageError(f"{path}: could not write the vector index ({detail}); check the free disk space and run again "
+                                       "(what was committed is kept)") from None
                 size = tmp.stat().st_size
                 with open(tmp, "rb") as handle:
                     crc = _crc32(handle, size)

@@ -22,6 +22,8 @@ text_tokens_mask      (B, L)
 text_segments         (B, S', Dt)    one embedding per sentence of the text
 text_segments_mask    (B, S')
 labels                (B,)           int class ids (classification sets, CALM emotion head)
+groups                (B,)           int: rows with equal ids are positives of each other
+                                     (same class or same caption); contrastive losses use it
 ===================== ============== ===================================================
 
 ``encode_audio`` / ``encode_text`` return dicts whose ``"embedding"`` is (B, E), L2-normalised,

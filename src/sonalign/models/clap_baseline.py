@@ -52,4 +52,4 @@ class ClapBaseline(AlignmentModel):
     def compute_loss(
         self, audio: dict[str, torch.Tensor], text: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        return {"infonce": self.loss_fn(audio["embedding"], text["embedding"])}
+        return {"infonce": self.loss_fn(audio["embedding"], text["embedding"], batch.get("groups"))}

@@ -41,6 +41,8 @@ class PairedFeatures:
     labels: np.ndarray | None = None
     label_names: list[str] = field(default_factory=list)
     template: str | None = None
+    #: per text row: pairs with the same id are positives of each other (same label, else same text)
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -77,7 +79,15 @@ def build_paired(cache: FeatureCache, clips: list[Clip], template: str | None, l
     if label_names:
         index = {name: i for i, name in enumerate(label_names)}
         labels = np.array([index.get(c.label, -1) for c in kept], dtype=np.int64)
-    return PairedFeatures(kept, audio, texts, np.array(owner, dtype=np.int64), labels, list(label_names or []), template)
+    return PairedFeatures(kept, audio, texts, np.array(owner, dtype=np.int64), labels, list(label_names or []), template, positive_groups(kept, texts, owner))
+
+
+def positive_groups(clips: list[Clip], texts: list[str], owner: list[int]) -> np.ndarray:
+    """One id per text row: rows of clips with the same label, or with the same caption text, share
+    an id (both describe each other's clips equally well)."""
+    ids: dict[tuple[str, str], int] = {}
+    keys = [("label", clips[o].label) if clips[o].label is not None else ("text", t) for t, o in zip(texts, owner)]
+    return np.array([ids.setdefault(k, len(ids)) for k in keys], dtype=np.int64)
 
 
 def _label_key(name: str):
@@ -140,4 +150,6 @@ def make_batch(cache: FeatureCache, data: PairedFeatures, text_indices: np.ndarr
     batch.update(text_batch(cache, [data.texts[i] for i in text_indices], keys))
     if data.labels is not None:
         batch["labels"] = torch.from_numpy(data.labels[clip_rows])
+    if data.groups is not None:
+        batch["groups"] = torch.from_numpy(data.groups[text_indices])
     return batch

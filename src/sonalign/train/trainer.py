@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sonalign.cache.features import FeatureCache, FeatureSettings
-from sonalign.data.readers import load_clips
+from sonalign.data.readers import load_clips, problem_report
 from sonalign.errors import ConfigError
 from sonalign.evaluation.retrieval import evaluate_retrieval
 from sonalign.models.factory import create_model, get_model_config
@@ -57,7 +57,8 @@ class TrainSettings:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
+    warmup_ratio: float = 0.1
+    warmup_min_steps: int = 50
     grad_clip: float = 1.0
     seed: int = 0
     patience: int = 5
@@ -74,25 +75,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def unique_text_batches(texts: list[str], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffle rows into batches in which no text repeats.
+def shuffled_batches(rows: list[int], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``rows`` shuffled into batches of ``batch_size`` (a last batch of one row is dropped: it has
+    no negative). Clips of one class or caption may share a batch: the batch's ``groups`` make them
+    positives of each other (multi-positive InfoNCE), so no batch is capped at the number of classes."""
+    order = np.asarray(rows)[rng.permutation(len(rows))]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [b for b in batches if len(b) >= 2]
 
-    Label-prompted data gives many identical captions; two in one batch would be false negatives
-    for every contrastive loss. Each batch takes one row from each of the longest per-text queues
-    (random tie-break), so rows are spread evenly; rows of a lone leftover text are dropped.
-    """
-    queues: dict[str, list[int]] = {}
-    for i in rng.permutation(len(texts)):
-        queues.setdefault(texts[i], []).append(int(i))
-    rank = {t: r for r, t in enumerate(rng.permutation(sorted(queues)))}
-    batches: list[np.ndarray] = []
-    while len(queues) >= 2:
-        chosen = sorted(queues, key=lambda t: (-len(queues[t]), rank[t]))[:batch_size]
-        batches.append(np.array([queues[t].pop() for t in chosen]))
-        for t in chosen:
-            if not queues[t]:
-                del queues[t]
-    return [batches[i] for i in rng.permutation(len(batches))]
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on weight matrices only, never on norms, biases, temperatures
+    (logit scales) or codebooks, whose values decay would pull towards zero for no reason."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        skip = param.ndim < 2 or any(word in name for word in ("logit_scale", "temperature", "codebook", "norm"))
+        (no_decay if skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_steps(total: int, ratio: float, minimum: int) -> int:
+    """``max(ratio * total, minimum)`` steps of linear warmup, never more than the whole run."""
+    return min(total, max(int(math.ceil(ratio * total)), minimum))
 
 
 def _one_text_per_clip(data: PairedFeatures, rng: np.random.Generator) -> list[int]:
@@ -128,6 +134,7 @@ def prepare_data(settings: TrainSettings, model_config: dict[str, Any], *, show_
     clips = load_clips(settings.data)
     if not clips:
         raise ConfigError(f"{settings.data}: no clips found")
+    skipped = problem_report(clips)
     feature_settings = FeatureSettings(**{**model_config.get("features", {}), **settings.features})
     if "audio_mel" in model_inputs(model_config):
         feature_settings.with_mel = True
@@ -155,7 +162,7 @@ def prepare_data(settings: TrainSettings, model_config: dict[str, Any], *, show_
     splits = {"train": build_paired(cache, train, template, label_names), "val": build_paired(cache, val, template, label_names)}
     if distributed.is_dist() and distributed.is_main():
         distributed.barrier()
-    data_info = {"source": str(settings.data), "template": template, "labels": label_names, "n_train_clips": len(splits["train"].clips), "n_val_clips": len(splits["val"].clips), "features": asdict(feature_settings), "cache": cache_dir}
+    data_info = {"source": str(settings.data), "template": template, "labels": label_names, "n_train_clips": len(splits["train"].clips), "n_val_clips": len(splits["val"].clips), "features": asdict(feature_settings), "cache": cache_dir, "skipped_rows": skipped}
     return cache, splits, data_info
 
 
@@ -250,13 +257,11 @@ def _train(settings: TrainSettings, *, resume: bool, show_progress: bool, stop_a
     model.train()
     keys = model_keys(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, settings.weight_decay), lr=settings.lr)
     train_data = splits["train"]
-    probe_rng = np.random.default_rng(0)
-    probe_rows = _one_text_per_clip(train_data, probe_rng)
-    batches_per_epoch = max(1, len(unique_text_batches([train_data.texts[r] for r in probe_rows], settings.batch_size, probe_rng)))
+    batches_per_epoch = max(1, len(shuffled_batches(list(range(len(train_data.clips))), settings.batch_size, np.random.default_rng(0))))
     total = batches_per_epoch * settings.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, int(total * settings.warmup_ratio)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup_steps(total, settings.warmup_ratio, settings.warmup_min_steps)))
     start_epoch, best, best_epoch, history = 0, -1.0, -1, []
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -289,9 +294,7 @@ def _train(settings: TrainSettings, *, resume: bool, show_progress: bool, stop_a
             break
         started = time.perf_counter()
         rng = np.random.default_rng(settings.seed * 1000 + epoch)
-        rows = _one_text_per_clip(train_data, rng)
-        texts = [train_data.texts[r] for r in rows]
-        batches = [np.array(rows)[b] for b in unique_text_batches(texts, settings.batch_size, rng)]
+        batches = shuffled_batches(_one_text_per_clip(train_data, rng), settings.batch_size, rng)
         if world > 1:  # a batch too small to give every rank a row is skipped by all of them
             batches = [b for b in batches if len(b) >= world]
         ddp_model.train()
@@ -339,7 +342,7 @@ def _train(settings: TrainSettings, *, resume: bool, show_progress: bool, stop_a
                 torch.save(state, tmp)
             atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         distributed.barrier()  # the epoch's checkpoint is on disk before any rank goes on
-    summary = {"run": str(out), "best_epoch": best_epoch + 1, "best_val_primary": best, "epochs_run": len(history)}
+    summary = {"run": str(out), "best_epoch": best_epoch + 1, "best_val_primary": best, "epochs_run": len(history), "skipped_rows": data_info.get("skipped_rows", [])}
     if main:
         if history:
             plot_curves(history, out / "curves.png")

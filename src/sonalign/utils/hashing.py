@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,16 @@ def text_sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
+def stat_key(st: os.stat_result) -> list[int]:
+    """What says a file is unchanged: size, inode, mtime and ctime. ``cp -p``, ``rsync -a`` and
+    ``touch -r`` can restore a same-size file's mtime, but not its ctime (set by the kernel on every
+    write or rename, and not settable by users) nor, for a replaced file, its inode."""
+    return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
 class HashMemo:
-    """Remembers ``path -> (size, mtime_ns, sha256)`` in a JSON file; re-hashes only changed files."""
+    """Remembers ``path -> (stat key, sha256)`` in a JSON file; re-hashes only changed files
+    (see :func:`stat_key` for what is trusted)."""
 
     def __init__(self, memo_path: str | Path):
         self.memo_path = Path(memo_path)
@@ -45,10 +54,10 @@ class HashMemo:
         st = path.stat()
         key = str(path.resolve())
         entry = self._memo.get(key)
-        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
-            return entry[2]
+        if entry and entry[:-1] == stat_key(st):
+            return entry[-1]
         digest = file_sha256(path)
-        self._memo[key] = [st.st_size, st.st_mtime_ns, digest]
+        self._memo[key] = [*stat_key(st), digest]
         self._dirty = True
         return digest
 
