@@ -56,7 +56,7 @@ def fake_text(texts: list[str]) -> np.ndarray:
     return np.stack(out)
 
 
-def searcher_factory(store):
+def fake_searcher(store):
     from sonalign.index.query import Searcher
 
     return Searcher(store, fake_text)
@@ -92,7 +92,7 @@ def free_port() -> int:
 def serve_child(idx: str, port: int) -> None:
     from sonalign.serve.app import run_server
 
-    run_server(idx, host="127.0.0.1", port=port, searcher_factory=searcher_factory, log_level="warning")
+    run_server(idx, host="127.0.0.1", port=port, searcher=fake_searcher, log_level="warning")
 
 
 def client_loop(base: str, deadline: float, seed: int, recordings: int, seconds: int, out: list, lock: threading.Lock) -> None:

@@ -31,6 +31,13 @@ mid-training is resumed from its last checkpoint, so the script can simply be st
     python bench/methods.py --quick               # 1 seed, 3 epochs, small subsets (timing check)
     python bench/methods.py --tasks nonverbal emodb --methods clap-baseline hade --seeds 0
     python bench/methods.py --report-only         # rebuild JSON, docs and plots from the workdir
+    python bench/methods.py --tasks nonverbal emodb --recheck OLD/bench/results/methods.json
+                                                  # after method changes: seed 0 beside the same command's
+                                                  # run on the earlier code, main tables untouched
+
+Features follow each method's config (``"features"``): Robust-ATR reads silence-aware ``energy``
+chunks, HADE the encoders' intermediate levels (``with_levels``), CALM log-mels; the others the
+default fixed windows. The ASR cascade task keeps fixed windows and no levels for every method.
 
 Writes bench/results/methods.json, docs/results.md and docs/results_*.png (``--quick`` writes
 them into WORKDIR/quick/ instead, never into the repository).
@@ -74,7 +81,14 @@ BUDGETS = {"nonverbal": (6, 2), "asterisk": (8, 2), "asterisk-asr": (8, 2), "fsd
 COST = {"calm": 8, "hade": 5, "mga-clap": 3, "hilbert": 2, "robust-atr": 2, "clap-baseline": 1}
 TASK_COST = {"asterisk": 4, "nonverbal": 2, "emodb": 2, "asterisk-asr": 2, "fsdd": 1}
 ACOUSTIC = {"audio_encoder": "aisfx-cnn"}
-ASR = {"audio_encoder": "pocketsphinx"}
+#: The ASR cascade keeps fixed windows and no encoder levels for every method (a method config that
+#: asks for other segmentation or levels -- Robust-ATR's energy chunks, HADE's levels -- is
+#: overridden here: pocketsphinx decodes at ~1x real time, and it has no intermediate levels).
+ASR = {"audio_encoder": "pocketsphinx", "segmenter": "fixed", "segmenter_options": {}, "with_levels": False}
+#: Model-config overrides per task and method where a task's features do not give what the default
+#: config reads: without encoder levels HADE aligns the blocks of its own stream (hierarchy "stream").
+TASK_MODEL_OVERRIDES = {"asterisk-asr": {"hade": {"hierarchy": "stream", "num_blocks": 3, "block_levels": [0, 1]}}}
+RECHECK_JSON = ROOT / "bench" / "results" / "methods_recheck.json"
 NOISE_SET = "clotho_sample/evaluation"
 QUICK_SIZES = {"train": 96, "val": 32, "test": 48}
 DOCS = ROOT / "docs"
@@ -118,6 +132,8 @@ class TrainSpec:
     evals: list[EvalSpec] = field(default_factory=list)
     epochs: int = 0
     patience: int = 0
+    #: method -> model-config overrides for this task (TASK_MODEL_OVERRIDES)
+    model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def plan(tasks: list[str], methods: list[str], data: dict[str, Path], noise: Path) -> list[TrainSpec]:
@@ -149,6 +165,8 @@ def plan(tasks: list[str], methods: list[str], data: dict[str, Path], noise: Pat
         specs.append(TrainSpec("fsdd", m("fsdd"), "digit", ACOUSTIC, methods, [EvalSpec("test", m("fsdd"))]))
     if "emodb" in tasks:
         specs.append(TrainSpec("emodb", m("emodb"), "emotion", ACOUSTIC, methods, [EvalSpec("test", m("emodb"), probe=m("emodb"))]))
+    for s in specs:
+        s.model_overrides = {m: o for m, o in TASK_MODEL_OVERRIDES.get(s.key, {}).items() if m in s.methods}
     return [s for s in specs if s.methods]
 
 
@@ -358,8 +376,11 @@ def prefill_mel(plain, mel_cache, clips) -> int:
 
 
 def run_fingerprint(spec: TrainSpec, method: str, seed: int, args, audio_key: str) -> dict[str, Any]:
-    return {"version": BENCH_VERSION, "method": method, "data": spec.data, "template": spec.template, "features": spec.features, "seed": seed,
-            "epochs": spec.epochs, "batch_size": args.batch_size, "lr": args.lr, "patience": spec.patience, "audio_key": audio_key}
+    fp = {"version": BENCH_VERSION, "method": method, "data": spec.data, "template": spec.template, "features": spec.features, "seed": seed,
+          "epochs": spec.epochs, "batch_size": args.batch_size, "lr": args.lr, "patience": spec.patience, "audio_key": audio_key}
+    if spec.model_overrides.get(method):
+        fp["model_overrides"] = spec.model_overrides[method]
+    return fp
 
 
 def ensure_trained(spec: TrainSpec, method: str, seed: int, run_dir: Path, cache_dir: Path, args, audio_key: str) -> dict[str, Any]:
@@ -377,7 +398,8 @@ def ensure_trained(spec: TrainSpec, method: str, seed: int, run_dir: Path, cache
     if not resume:
         record_path.write_text(json.dumps({"fingerprint": fp}, indent=2))
     settings = TrainSettings(config=method, data=spec.data, out=str(run_dir), epochs=spec.epochs, batch_size=args.batch_size, lr=args.lr,
-                             seed=seed, patience=spec.patience, template=spec.template, cache=str(cache_dir), features=dict(spec.features))
+                             seed=seed, patience=spec.patience, template=spec.template, cache=str(cache_dir), features=dict(spec.features),
+                             model_overrides=dict(spec.model_overrides.get(method, {})))
     started = time.perf_counter()
     summary = train(settings, resume=resume, show_progress=False)
     seconds = time.perf_counter() - started + (record or {}).get("partial_seconds", 0.0)
@@ -645,7 +667,7 @@ SECTIONS = [
      [("zeroshot/top1", "prompt acc.", True), ("zeroshot/balanced_accuracy", "bal. acc.", True), ("t2a/R@10", "t2a R@10", True), ("t2a/mAP@10", "t2a mAP@10", True)],
      ["zeroshot/top1"]),
     ("emodb/test", "EmoDB emotion (trained on emodb train with the emotion template): linear probe on the model's audio embeddings",
-     [("probe/linear/UA", "probe UA", True), ("probe/linear/WA", "probe WA", True), ("probe/head/UA", "CALM head UA", True), ("probe/head/WA", "CALM head WA", True),
+     [("probe/linear/UA", "probe UA", True), ("probe/linear/WA", "probe WA", True), ("probe/head/UA", "head UA", True), ("probe/head/WA", "head WA", True),
       ("zeroshot/top1", "prompt acc.", True), ("zeroshot/balanced_accuracy", "prompt UA", True)],
      ["probe/linear/UA"]),
 ]
@@ -861,6 +883,7 @@ def write_docs(payload: dict[str, Any], md_path: Path, png_dir: Path, png_prefix
                     drops.append(f"{method} {c:.3f} → {n:.3f}")
             lines += [f"{keys[0]} clean → 5 dB: " + "; ".join(drops) + ".", ""]
     lines += _tuning_section(payload)
+    lines += _recheck_section(payload)
     lines += _refs_section(refs)
     lines += _timing_section(payload)
     lines += _notes_section(payload)
@@ -910,7 +933,9 @@ def _section_notes(group: str, table, refs, cols, payload) -> list[str]:
     if group == "emodb/test":
         out.append("Linear probe: StandardScaler + logistic regression on the model's audio embeddings, C chosen on the val split (speaker 08), "
                    "emodb train → test (speakers 03, 16). UA = mean per-class recall, WA = accuracy; chance UA = 1/7 = 0.143. "
-                   "The CALM head is its own emotion classifier trained jointly. Prompt acc. = the emotion prompts "
+                   "Head = the model's own classifier trained jointly (CALM's emotion head; HILBERT's document classifier in runs "
+                   "that have one), given audio alone. The probe reads each model's `probe_output` (CALM: its CALM embedding in runs "
+                   "made after issue 13, its CALP embedding before). Prompt acc. = the emotion prompts "
                    "(\"a person speaking with anger\"), classes seen in training.")
         for name, label in (("emodb/probe/aisfx-cnn", "frozen aisfx-cnn clip embeddings (mean of segments)"),
                             ("emodb/probe/pocketsphinx", "MiniLM of the pocketsphinx transcript (English ASR on German speech)")):
@@ -1006,6 +1031,10 @@ def main() -> None:
     parser.add_argument("--asr-emodb-reference", action="store_true", help="also probe MiniLM-of-pocketsphinx-transcript on emodb (ASR of 535 clips: slow)")
     parser.add_argument("--extract-only", action="store_true", help="only extract the features the plan needs (clean and noisy), then stop")
     parser.add_argument("--report-only", action="store_true", help="no training: aggregate what the workdir holds and rewrite the outputs")
+    parser.add_argument("--recheck", type=Path, default=None, metavar="BEFORE_JSON",
+                        help="re-run after method changes: train and evaluate (default seed 0) without touching the main tables, and write "
+                             f"{RECHECK_JSON.relative_to(ROOT)} and a before/after section of docs/results.md comparing with BEFORE_JSON "
+                             "(the methods.json of the same command run on the earlier code)")
     parser.add_argument("--tune", action="store_true", help=f"what-else-was-tried pass: seed 0, tasks {', '.join(TUNE_TASKS)}, variants "
                         f"{'; '.join(TUNE_VARIANTS)}; writes {TUNING_JSON.relative_to(ROOT)} and a section of docs/results.md")
     args = parser.parse_args()
@@ -1020,6 +1049,10 @@ def main() -> None:
         args.seeds = args.seeds if "--seeds" in sys.argv else [0]
         args.epochs = args.epochs if args.epochs is not None else 3
         args.workdir = args.workdir / "quick"
+    if args.recheck is not None:
+        args.seeds = args.seeds if "--seeds" in sys.argv else [0]
+        if not args.recheck.exists():
+            sys.exit(f"--recheck: {args.recheck} not found")
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     data = datasets(args.quick, workdir)
@@ -1112,6 +1145,9 @@ def main() -> None:
         "runs": {key: {method: {str(seed): r for seed, r in by_seed.items()} for method, by_seed in by_method.items()} for key, by_method in runs.items()},
         "run_notes": {p.name: p.read_text(encoding="utf-8") for p in sorted((workdir / "notes").glob("*")) if p.suffix in (".md", ".txt")},
     }
+    if args.recheck is not None:
+        write_recheck(payload, runs, args.recheck, cache_dir)
+        return
     if args.quick:
         json_path, md_path, png_dir = workdir / "methods.json", workdir / "results.md", workdir
     else:
@@ -1225,6 +1261,99 @@ def _tuning_section(payload: dict[str, Any]) -> list[str]:
                 summary.append("Improved over the default setting: " + ", ".join(f"{m} ({v})" for m, v in better_variant.items()) + ".")
             lines += [" ".join(summary), ""]
     lines += ["These are single-seed observations: a setting that wins here needs the 3-seed table before it becomes a method's default.", ""]
+    return lines
+
+
+RECHECK_METRICS = {"nonverbal/test": [("t2a/mAP@10", "t2a mAP@10"), ("zeroshot/top1", "prompt acc.")],
+                   "emodb/test": [("probe/linear/UA", "probe UA"), ("probe/head/UA", "head UA"), ("zeroshot/top1", "prompt acc.")]}
+FLAT_VARIANT = "robust-atr, flat score"
+
+
+def flat_variant_eval(run_dir: Path, ev: EvalSpec, cache_dir: Path, run_record: dict[str, Any]) -> dict[str, Any]:
+    """The same Robust-ATR run scored with the flat cosine instead of the refined pair score (no retraining)."""
+    variant = run_dir.parent / f"{run_dir.name}-flat"
+    variant.mkdir(exist_ok=True)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["model"]["similarity"] = "flat"
+    (variant / "config.json").write_text(json.dumps(config, indent=2))
+    shutil.copyfile(run_dir / "model.safetensors", variant / "model.safetensors")
+    return ensure_evaluated(variant, EvalSpec(ev.name, ev.data, ev.template), cache_dir, {"fingerprint": {**run_record["fingerprint"], "similarity": "flat"}})[0]
+
+
+def write_recheck(payload: dict[str, Any], runs: dict[str, Any], before_path: Path, cache_dir: Path) -> None:
+    """``--recheck``: keep the main tables, record this run beside the earlier code's run of the same command."""
+    from sonalign.evaluation.report import atomic_write_text
+
+    before = json.loads(before_path.read_text())
+    workdir = Path(payload["settings"]["workdir"])
+    for key, by_method in runs.items():  # Robust-ATR: the refined pair score against the flat cosine, same weights
+        for seed, r in by_method.get("robust-atr", {}).items():
+            if "test" in r["evals"]:
+                spec_eval = EvalSpec("test", r["evals"]["test"]["metadata"]["data"])
+                ev = flat_variant_eval(workdir / "runs" / key / "robust-atr" / f"seed{seed}", spec_eval, cache_dir, r["train"])
+                runs[key].setdefault(FLAT_VARIANT, {})[seed] = {"train": r["train"], "evals": {"test": ev}}
+    after_table = aggregate(runs)
+    diagnostics = {}
+    for key, by_method in runs.items():
+        for method, by_seed in by_method.items():
+            for seed, r in by_seed.items():
+                last = (r["train"].get("history") or [{}])[-1]
+                diag = {k.removeprefix("train/"): v for k, v in last.items() if k.startswith("train/diag_")}
+                if diag:
+                    diagnostics[f"{key}/{method}/seed{seed}"] = diag
+    record = {"benchmark": "methods-recheck", "date": payload["date"], "command": payload["command"], "machine": payload["machine"],
+              "settings": payload["settings"], "wall_seconds": payload["wall_seconds"], "failures": payload["failures"],
+              "before": {"path": str(before_path), "command": before.get("command"), "date": before.get("date"), "results": before["results"]},
+              "after": {"results": after_table, "diagnostics": diagnostics}, "notes": payload.get("run_notes") or {}}
+    atomic_write_text(RECHECK_JSON, json.dumps(record, indent=2, allow_nan=False, default=_json_default))
+    main_payload = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else None
+    if main_payload:
+        write_docs(main_payload, DOCS / "results.md", DOCS, "results_")
+    log(f"recheck written to {RECHECK_JSON}" + (" and docs/results.md" if main_payload else ""))
+
+
+def _recheck_section(payload: dict[str, Any]) -> list[str]:
+    """Before/after of ``--recheck``: the main tables' mean, the earlier code's run and this code's run (same command, same seeds)."""
+    if payload.get("quick") or not RECHECK_JSON.exists():
+        return []
+    from sonalign.evaluation.report import format_table
+
+    rc = json.loads(RECHECK_JSON.read_text())
+    seeds = ", ".join(map(str, rc["settings"]["seeds"]))
+    lines = ["## Re-run after the method fixes of issue 13 (seed " + seeds + ")", "",
+             f"`{rc['command']}` ({rc['date'][:10]}) trained and evaluated the current code; \"before\" is the same command on the code "
+             f"before those fixes (`{rc['before']['command']}`, {str(rc['before']['date'])[:10]}), with the same trainer (the parameter groups, "
+             "warmup and multi-positive batches of issue 13 item 7 are in both). \"main\" is the mean of the tables above (3 seeds, the "
+             "earlier trainer: one clip per class in a batch). One seed: differences within the main tables' seed spread mean little.", ""]
+    for group, metrics in RECHECK_METRICS.items():
+        after, prior = rc["after"]["results"].get(group), rc["before"]["results"].get(group)
+        if not after:
+            continue
+        main = payload["results"].get(group, {})
+        header = ["method"] + [f"{name} {col}" for _, name in metrics for col in ("main", "before", "after", "Δ")]
+        rows = []
+        for method in method_order(set(after) | set(prior or {})):
+            cells = [method]
+            for key, _ in metrics:
+                def mean(table, m=method, k=key):
+                    st = ((table or {}).get(m) or {}).get("stats", {}).get(k)
+                    return None if not st or st.get("mean") is None else st["mean"]
+                m0, b, a = mean(main), mean(prior), mean(after)
+                cells += ["-" if m0 is None else f"{m0:.3f}", "-" if b is None else f"{b:.3f}", "-" if a is None else f"{a:.3f}",
+                          "-" if a is None or b is None else f"{a - b:+.3f}"]
+            rows.append(cells)
+        lines += [f"**{group}**", "", format_table(rows, header, style="markdown"), ""]
+    if any(FLAT_VARIANT in (rc["after"]["results"].get(g) or {}) for g in RECHECK_METRICS):
+        lines += [f"`{FLAT_VARIANT}` is the same Robust-ATR run scored with the cosine of the flat embeddings instead of the refined pair score.", ""]
+    diag = rc["after"].get("diagnostics") or {}
+    if diag:
+        names = sorted({k for d in diag.values() for k in d})
+        rows = [[run] + [("-" if d.get(k) is None else f"{d[k]:.3f}") for k in names] for run, d in sorted(diag.items())]
+        lines += ["Training diagnostics of the last epoch (epoch means; not loss terms):", "", format_table(rows, ["run"] + names, style="markdown"), ""]
+    for name, text in sorted((rc.get("notes") or {}).items()):
+        lines += [f"*{name}*:", "", text.strip(), ""]
+    if rc.get("failures"):
+        lines += ["Failed: " + "; ".join(f"{f['task']}/{f['method']}/seed {f['seed']} ({f['stage']}): {f['error']}" for f in rc["failures"]), ""]
     return lines
 
 

@@ -3,6 +3,8 @@
 Two recordings made of real clips separated by silences, with their ground-truth spans:
 * ``phone_prompts.flac``: Asterisk core sound prompts (CC BY-SA 3.0, voice: Allison Smith) and tones.
 * ``spoken_digits.flac``: Free Spoken Digit Dataset recordings (CC BY-SA 4.0).
+And ``sounds/``: a few everyday sound effects (CC0) from ../shared/data/sfx's test and zeroshot
+splits, which the packaged default model never trained on, one file each, at their own rate.
 Deterministic: same inputs give the same files.  Usage: python scripts/make_sample.py [SHARED_DATA]
 """
 
@@ -26,6 +28,17 @@ PROMPTS = [
 ]
 
 
+#: sfx clip id -> demo query. CC0 clips of the test / zeroshot splits (never trained on), chosen
+#: among those the packaged model finds first for their label in the bundled sample's index.
+SOUNDS: dict[str, str] = {
+    "antum-6e10ca027f": "seagulls calling",
+    "sonicpi-fd1c35c981": "a bell ringing",
+    "antum-237d64e179": "a vehicle engine idling",
+    "openclonk-2f5dfe1c4a": "a burning fuse",
+    "sonicpi-ca6fd45d4c": "a splash cymbal",
+}
+
+
 def _read(path: Path) -> np.ndarray:
     import soxr
 
@@ -45,6 +58,21 @@ def _build(items: list[tuple[str, Path, dict]], gap: float, name: str) -> list[d
     return spans
 
 
+def _sounds(shared: Path) -> list[dict]:
+    rows = {json.loads(l)["id"]: json.loads(l) for l in (shared / "sfx" / "manifest.jsonl").open()}
+    (OUT / "sounds").mkdir(exist_ok=True)
+    spans = []
+    for clip_id, query in SOUNDS.items():
+        row = rows[clip_id]
+        assert row["split"] in ("test", "zeroshot") and row["license"] in ("CC0-1.0", "public-domain"), clip_id
+        wave, sr = sf.read(shared / "sfx" / row["audio"], dtype="float32", always_2d=True)
+        name = f"sounds/{row['label'].replace(' ', '_')}"
+        sf.write(OUT / f"{name}.flac", wave.mean(1), sr, subtype="PCM_16")
+        spans.append({"recording": name, "source_id": clip_id, "start": 0.0, "end": round(len(wave) / sr, 3), "label": row["label"], "query": query,
+                      "license": row["license"], "attribution": row["attribution"], "origin": row["origin"]})
+    return spans
+
+
 def main(shared: Path) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rows = {json.loads(l)["id"]: json.loads(l) for l in (shared / "asterisk" / "manifest.jsonl").open()}
@@ -55,6 +83,7 @@ def main(shared: Path) -> None:
     digits = [r for r in fsdd if r["speaker"] == "jackson" and r["id"].endswith("_0")]
     digits.sort(key=lambda r: r["label"])
     spans += _build([(r["id"], shared / "fsdd" / r["audio"], {"text": str(r["label"])}) for r in digits], 1.0, "spoken_digits")
+    spans += _sounds(shared)
     (OUT / "spans.jsonl").write_text("".join(json.dumps(s) + "\n" for s in spans))
     print(f"wrote {len(spans)} spans to {OUT}")
 

@@ -21,6 +21,7 @@ written training manifest (ids, licences, sources; no paths) ships beside the we
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -38,7 +39,8 @@ from sonalign.train.prompts import render  # noqa: E402
 DEST = ROOT / "src" / "sonalign" / "assets" / "default_model"
 CONFIG = {"method": "clap_baseline", "audio_dim": 512, "text_dim": 384, "embed_dim": 256, "dropout": 0.1, "init_temperature": 0.07}
 TRAIN = {"epochs": 30, "batch-size": 32, "lr": 1e-3, "seed": 0, "patience": 5}
-SEEDS = 3  # the final model is the seed with the best validation score
+SEEDS = 3  # every ablation row is a mean over these seeds; the final model is the seed with the best validation score
+ABLATION_METRICS = ("t2a/R@1", "t2a/R@5", "t2a/R@10", "t2a/mAP@10", "a2t/R@1", "zeroshot/top1", "asterisk/t2a/R@10")
 FSDD_PER_DIGIT = 30  # a sample keeps the 10 digit captions from crowding the sound effects out of every batch
 DIGIT_CAPTIONS = ("a person saying the number {label}", "someone says {label}", "the spoken number {label}")
 SFX_LICENCE = "per clip (sfx manifest `license`, `attribution`)"
@@ -52,11 +54,13 @@ def sfx_rows(shared: Path, splits: tuple[str, ...], *, shippable_only: bool = Tr
     return rows
 
 
-def speech_rows(shared: Path) -> list[dict]:
+def speech_rows(shared: Path, asterisk_copies: int = 2) -> list[dict]:
     rows = []
     for c in load_clips(shared / "asterisk" / "manifest.jsonl"):
-        if c.split in ("train", "val") and c.text:
-            rows.append(_row(f"asterisk/{c.id}", c.audio, c.split, [c.text], "CC-BY-SA-3.0", "asterisk", None, "Asterisk core sounds, voice: Allison Smith (Digium), CC BY-SA 3.0"))
+        for copy in range(asterisk_copies if c.split == "train" else 1):
+            if c.split in ("train", "val") and c.text:
+                rows.append(_row(f"asterisk/{c.id}" + (f"#{copy + 1}" if copy else ""), c.audio, c.split, [c.text], "CC-BY-SA-3.0", "asterisk", None,
+                                 "Asterisk core sounds, voice: Allison Smith (Digium), CC BY-SA 3.0"))
     per_digit: dict[tuple[str, str], int] = {}
     for c in load_clips(shared / "fsdd" / "manifest.jsonl"):
         key = (c.split or "", c.label or "")
@@ -107,8 +111,8 @@ def evaluate(run: Path, data: Path, split: str, out: Path, cache: Path, *extra: 
 
 # ---------------------------------------------------------------------------- ablations
 def ablations(args, cache: Path) -> list[dict]:
-    """Each recipe choice alone, trained on sfx train (early stopping on sfx val) and measured on
-    the whole sfx val split (every licence: evaluation only)."""
+    """Each recipe choice alone, trained on sfx train (early stopping on sfx val) with each seed and
+    measured on the whole sfx val split (every licence: evaluation only) and asterisk val."""
     from default_model_augment import augmented_rows
 
     base = sfx_rows(args.shared, ("train", "val"))
@@ -116,7 +120,8 @@ def ablations(args, cache: Path) -> list[dict]:
     variants = {
         "shippable sfx train, defaults (the recipe's base)": (base, CONFIG, {}),
         "all sfx train clips, GPL/GFDL too (not shippable)": (sfx_rows(args.shared, ("train", "val"), shippable_only=False), CONFIG, {}),
-        "+ speech sets (asterisk, fsdd sample)": (base + speech_rows(args.shared), CONFIG, {}),
+        "+ speech sets (asterisk train clips once, fsdd sample)": (base + speech_rows(args.shared, asterisk_copies=1), CONFIG, {}),
+        "+ speech sets, asterisk train clips twice (the recipe's data)": (base + speech_rows(args.shared), CONFIG, {}),
         "+ random crops (3 per clip)": (base + augmented_rows(base, args.workdir / "aug", "crop", 3), CONFIG, {}),
         "+ two-clip mixes, 'A and B' captions (2 per clip)": (base + augmented_rows(base, args.workdir / "aug", "pair", 2), CONFIG, {}),
         "+ events in ambience at 0-20 dB, cut like the indexer (2 per clip)": (base + augmented_rows(base, args.workdir / "aug", "ambience", 2), CONFIG, {}),
@@ -130,13 +135,19 @@ def ablations(args, cache: Path) -> list[dict]:
     for extra in args.extra + args.measure_extra:
         variants[f"+ registry sound effects ({extra.name}, scripts/registry_sfx.py)"] = (base + extra_rows(extra), CONFIG, {})
     results = []
-    for n, (name, (rows, config, train_args)) in enumerate(variants.items()):
-        manifest = write_manifest(rows, args.workdir / "ablations" / f"{n:02d}.jsonl")
-        run = args.workdir / "ablations" / f"run-{n:02d}"
-        summary = train(manifest, run, cache, config, **train_args)
-        metrics = evaluate(run, sfx, "val", run / "eval-val", cache)
-        results.append({"choice": name, "clips": len(rows), "best_epoch": summary["best_epoch"],
-                        **{k: round(metrics[k], 4) for k in ("t2a/R@1", "t2a/R@5", "t2a/R@10", "t2a/mAP@10", "a2t/R@1", "zeroshot/top1")}})
+    for name, (rows, config, train_args) in variants.items():
+        slug = hashlib.sha256(name.encode()).hexdigest()[:10]  # a variant keeps its folder when others are added
+        manifest = write_manifest(rows, args.workdir / "ablations" / f"{slug}.jsonl")
+        per_seed = []
+        for seed in range(SEEDS):
+            run = args.workdir / "ablations" / (f"run-{slug}" + ("" if seed == 0 else f"-seed{seed}"))
+            summary = train(manifest, run, cache, config, **{**train_args, "seed": seed})
+            metrics = evaluate(run, sfx, "val", run / "eval-val", cache)
+            speech = evaluate(run, args.shared / "asterisk" / "manifest.jsonl", "val", run / "eval-asterisk-val", cache)
+            per_seed.append({"best_epoch": summary["best_epoch"], **{k: metrics[k] for k in ABLATION_METRICS[:-1]}, "asterisk/t2a/R@10": speech["t2a/R@10"]})
+        results.append({"choice": name, "clips": len(rows), "seeds": SEEDS,
+                        **{k: round(sum(r[k] for r in per_seed) / SEEDS, 4) for k in ("best_epoch", *ABLATION_METRICS)},
+                        "spread": {k: round(max(r[k] for r in per_seed) - min(r[k] for r in per_seed), 4) for k in ABLATION_METRICS}})
         print(json.dumps(results[-1]), flush=True)
     return results
 

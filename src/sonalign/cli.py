@@ -250,7 +250,7 @@ def index_cmd(
     strict: bool = typer.Option(False, help="Exit non-zero if any file could not be used."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Where the vectors are searched: 'faiss' (files in IDX, the default) or 'milvus' (a Milvus server or cluster, see --uri). Recorded in the index; later runs, search and serve use it."),
     uri: Optional[str] = typer.Option(None, "--uri", "--milvus-uri", envvar="SONALIGN_MILVUS_URI", help="Milvus address for --backend milvus, e.g. http://milvus.example:19530 (also overrides the recorded one for a server that moved)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes that segment and embed files in parallel (default: one per CPU core, at most 8 and one per 1.5 GiB of RAM; each holds its own models, 0.85-1.4 GiB at peak). 1: everything in this process."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes that segment and embed files in parallel (default: one per CPU core, at most 8 and one per 1.5 GiB of RAM; each holds its own copy of the models, see docs/performance.md). 1: everything in this process."),
     device: Optional[str] = typer.Option(None, "--device", envvar="SONALIGN_DEVICE", help=DEVICE_HELP),
 ) -> None:
     """Chunk, embed and index every recording under FOLDER. Re-running updates only added, changed or deleted files."""
@@ -339,8 +339,8 @@ def serve_cmd(
     import os
 
     _use_device(device)
-    from sonalign.index.build import searcher_for_store
-    from sonalign.serve.app import read_api_key_file, run_server
+    from sonalign.serve.app import run_server
+    from sonalign.serve.security import read_api_key_file
 
     if api_key is not None and api_key_file is not None:
         _fail("give the API key once: --api-key (or $SONALIGN_API_KEY) or --api-key-file, not both")
@@ -348,23 +348,29 @@ def serve_cmd(
         _fail("$SONALIGN_API_KEY is set but empty: set it to the key, or unset it to serve without one")
     if api_key_file is not None:
         api_key = _guard(lambda: read_api_key_file(api_key_file))
-    _guard(lambda: run_server(idx, host=host, port=port, api_key=api_key, searcher_factory=searcher_for_store, allowed_hosts=allowed_host, paths=paths))
+    _guard(lambda: run_server(idx, host=host, port=port, api_key=api_key, allowed_hosts=allowed_host, paths=paths))
+
+
+#: Sounds of the bundled sample's sounds/ folder (see its ATTRIBUTION.md), searched by their label.
+DEMO_SOUND_QUERIES = ("seagulls calling", "a bell ringing", "a vehicle engine idling", "a burning fuse", "a splash cymbal")
 
 
 @app.command("demo")
 def demo_cmd(
     out_dir: Path = typer.Option(Path("out/demo-index"), "--out", help="Where to put the demo index."),
-    queries: list[str] = typer.Option(["a beep tone", "goodbye", "welcome to the directory", "weasels have eaten our phone system"], "--query", help="Queries to run (repeatable)."),
+    queries: list[str] = typer.Option(["a beep tone", "goodbye", "welcome to the directory", "weasels have eaten our phone system", *DEMO_SOUND_QUERIES],
+                                      "--query", help="Queries to run (repeatable)."),
 ) -> None:
     """The main job on the embedded defaults: index the bundled real sample and search it."""
-    from sonalign.index.build import build_index, make_searcher
+    from sonalign.index.build import build_index
     from sonalign.index.embedders import default_model_dir
+    from sonalign.index.query import Searcher
 
     sample = default_model_dir().parent / "sample"
     console.print(f"indexing the bundled sample {sample} (attribution: {sample / 'ATTRIBUTION.md'})")
     report = _guard(lambda: build_index(sample, out_dir))
     console.print(f"{report.segments} segments indexed from {report.files} recordings ({report.audio_seconds:.0f} s) into {out_dir}")
-    searcher = make_searcher(out_dir)
+    searcher = Searcher.open(out_dir)
     for q in queries:
         out.print(f"\n[bold]{q}[/]")
         _print_hits(searcher.search(q, k=3), False)

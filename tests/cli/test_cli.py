@@ -56,11 +56,29 @@ def test_demo_indexes_the_sample_and_finds_goodbye(tmp_path):
     """The real default model, segmenters and transcripts on the bundled sample."""
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "idx"), "--query", "goodbye"])
     assert result.exit_code == 0, result.output
-    from sonalign.index.build import make_searcher
+    from sonalign.index.query import Searcher
 
-    hits = make_searcher(tmp_path / "idx").search("goodbye", k=3)
+    hits = Searcher.open(tmp_path / "idx").search("goodbye", k=3)
     # ground truth (spans.jsonl): "Goodbye" is spoken at 1.50-2.37 s of phone_prompts.flac
     assert any(h.path.endswith("phone_prompts.flac") and h.start < 2.2 and h.end > 1.7 for h in hits)
+
+
+@pytest.mark.slow
+def test_demo_sound_queries_find_their_sound_first(tmp_path):
+    """The packaged model on sounds it never trained on (sfx test/zeroshot clips in the sample)."""
+    from sonalign.cli import DEMO_SOUND_QUERIES
+    from sonalign.index.embedders import default_model_dir
+    from sonalign.index.query import Searcher
+
+    spans = [json.loads(line) for line in (default_model_dir().parent / "sample" / "spans.jsonl").open()]
+    expected = {s["query"]: s["recording"] + ".flac" for s in spans if "query" in s}
+    assert set(expected) == set(DEMO_SOUND_QUERIES)
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "idx")] + [a for q in DEMO_SOUND_QUERIES for a in ("--query", q)])
+    assert result.exit_code == 0, result.output
+    searcher = Searcher.open(tmp_path / "idx")
+    for query, path in expected.items():
+        top = searcher.search(query, k=1)[0]
+        assert top.path.endswith(path), (query, top.path)
 
 
 def test_device_option_is_checked_before_any_work(tmp_path):

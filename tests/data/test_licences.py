@@ -30,3 +30,32 @@ def test_a_mix_needs_every_part_shippable():
     assert allows_shipped_weights("CC0-1.0 AND CC-BY-3.0")
     assert not allows_shipped_weights("CC0-1.0 AND GPL-2.0-only")
     assert allows_shipped_weights("GPL-2.0-only AND CC0-1.0 OR MIT")  # OR binds loosest
+
+
+def test_the_packaged_default_model_was_trained_only_on_shippable_clips():
+    """scripts/train_default_model.py ships the manifest it trained on; every clip's licence must allow shipping."""
+    import json
+    from collections import Counter
+
+    from sonalign.index.embedders import default_model_dir
+
+    rows = [json.loads(line) for line in (default_model_dir() / "training_data.jsonl").open()]
+    assert len(rows) > 500
+    assert not [r["id"] for r in rows if not allows_shipped_weights(r["license"])]
+    assert not [r["id"] for r in rows if r["source"] in ("nonverbal", "emodb")]  # CC BY-NC-ND / research-only sets
+    assert Counter(r["split"] for r in rows).keys() <= {"train", "val"}  # never a test or zeroshot clip
+    config = json.loads((default_model_dir() / "config.json").read_text())
+    assert config["training"]["data"] == "training_data.jsonl"
+
+
+def test_no_zeroshot_label_or_test_clip_of_sfx_reached_the_default_model(shared_data):
+    import json
+
+    from sonalign.index.embedders import default_model_dir
+
+    sfx = [json.loads(line) for line in (shared_data / "sfx" / "manifest.jsonl").open()]
+    held_out = {f"sfx/{r['id']}" for r in sfx if r["split"] in ("test", "zeroshot")}
+    zeroshot_labels = {r["label"] for r in sfx if r["split"] == "zeroshot"}
+    rows = [json.loads(line) for line in (default_model_dir() / "training_data.jsonl").open()]
+    assert not held_out & {r["id"] for r in rows}
+    assert not zeroshot_labels & {r["label"] for r in rows if r.get("label")}

@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 from safetensors.torch import save_file
 
-from sonalign.index.build import build_index, make_searcher, segment_for_index
+from sonalign.index.build import build_index, segment_for_index
+from sonalign.index.query import Searcher
 from sonalign.index.store import IndexStore
 from sonalign.models.factory import create_model
 
@@ -85,7 +86,7 @@ def test_search_returns_files_and_spans(tmp_path, fake_run):
     wave, spans = events([440, 2000])
     write(folder / "x.wav", wave)
     build_index(folder, tmp_path / "idx", model=str(fake_run), transcripts=False, show_progress=False, workers=1)
-    searcher = make_searcher(tmp_path / "idx")
+    searcher = Searcher.open(tmp_path / "idx")
     hits = searcher.search("a tone", k=5)
     assert len(hits) == 2 and {h.segment_id for h in hits} == {"x.wav-00000", "x.wav-00001"}
     for h in hits:

@@ -2,7 +2,8 @@
 
 Every test here needs the server: they skip, with the reason, where it cannot start (package missing,
 no port, timeout). The server is started once per session in its own process group and the whole
-group is stopped afterwards (see ``milvus_server.py``).
+group is stopped afterwards (see ``milvus_server.py`` and the ``milvus`` fixture in conftest.py).
+What a store does on either backend is tested in test_store.py; here, what only Milvus has.
 """
 
 from __future__ import annotations
@@ -23,31 +24,9 @@ from sonalign.errors import ConfigError
 from sonalign.index.store import IndexStore
 from sonalign.index.vectors import FaissIndex, normalize
 
-from .milvus_server import MilvusServer, MilvusUnavailable
 from .test_store import DIM, check_consistent, upsert
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="session")
-def milvus(tmp_path_factory):
-    """A Milvus standalone server for the whole session (skips where it cannot start)."""
-    try:
-        from sonalign.index.milvus import _pymilvus
-
-        _pymilvus()
-    except ConfigError as exc:
-        pytest.skip(str(exc))
-    server = MilvusServer(tmp_path_factory.mktemp("milvus-data"))
-    try:
-        server.start()
-    except MilvusUnavailable as exc:
-        pytest.skip(f"Milvus server unavailable: {exc}")
-    yield server
-    from sonalign.index.milvus import disconnect_all
-
-    disconnect_all()
-    server.stop(grace=3)
 
 
 def unit(n: int, dim: int, seed: int) -> np.ndarray:
@@ -73,11 +52,9 @@ def test_top10_agrees_with_faiss_exact_search(milvus):
     t_scores, truth = exact.search(q, 10)
     index = new_index(milvus, "recall")
     index.add(ids, x)
-    assert index.ntotal == 5000 and index.pending == 5000
-    _, staged = index.search(q, 10)  # staged adds are searched exactly, before any save
-    assert overlap(staged, truth) == 1.0
+    assert index.ntotal == 5000
     index.save(tag={"generation": 1})
-    assert index.pending == 0 and index.ntotal == 5000
+    assert index.tag == {"generation": 1} and index.ntotal == 5000
     scores, found = index.search(q, 10)
     assert overlap(found, truth) >= 0.95
     hit = found == truth
@@ -102,25 +79,22 @@ def test_deletes_and_updates_are_seen_with_strong_consistency(milvus):
     index.save(tag={"g": 1})
     reader = MilvusIndex.load("strong", uri=milvus.uri, consistency="Strong")
     assert reader.consistency == "Strong"
-    # delete 0..9, "update" 10..19 (remove + add under new ids, as the store does), add 300..309
-    assert index.remove(ids[:20]) == 20
-    assert index.remove([12345]) == 0  # unknown ids are ignored
+    # delete 0..9, "update" 10..19 (remove + add under new ids, as the store does), add 300..309;
+    # unknown ids are ignored
     new_x = unit(20, 32, 3)
-    index.add(np.arange(300, 320), new_x)
+    index.apply(np.append(ids[:20], 12345), np.arange(300, 320), new_x)
     assert index.ntotal == 300
-    _, got = index.search(x[:20], 1)  # the writer reads its own staged writes
+    _, got = index.search(x[:20], 1)  # the writer reads its own writes
     assert not np.isin(got, ids[:20]).any()
     _, got = index.search(new_x, 1)
     np.testing.assert_array_equal(got[:, 0], np.arange(300, 320))
-    _, got = reader.search(x[:20], 1)  # not saved yet: the server (and so any reader) is unchanged
-    np.testing.assert_array_equal(got[:, 0], ids[:20])
-    index.save(tag={"g": 2})
-    _, got = reader.search(x[:20], 1)  # Strong: the reader sees the save at once
+    _, got = reader.search(x[:20], 1)  # Strong: another handle sees them at once
     assert not np.isin(got, ids[:20]).any()
     _, got = reader.search(new_x, 1)
     np.testing.assert_array_equal(got[:, 0], np.arange(300, 320))
-    with pytest.raises(ValueError, match="already in the index"):
-        index.add([300], new_x[:1])
+    index.add([300], new_x[:1])  # upserts are idempotent: a repeated apply changes nothing
+    assert index.ntotal == 300
+    index.save(tag={"g": 2})
     fresh = MilvusIndex.load("strong", uri=milvus.uri, consistency="Strong")
     assert fresh.ntotal == 300 and fresh.tag == {"g": 2}
     np.testing.assert_array_equal(fresh.ids(), np.arange(20, 320))
@@ -135,8 +109,7 @@ def test_default_commit_consistency_reads_the_last_save_without_strong_waits(mil
     index.add(np.arange(50), x)
     index.save(tag={"g": 1})
     for round_ in range(3):  # save, then read immediately from another handle: never stale
-        index.remove([round_])
-        index.add([1000 + round_], x[round_ : round_ + 1])
+        index.apply([round_], [1000 + round_], x[round_ : round_ + 1])
         index.save(tag={"g": 2 + round_})
         reader = MilvusIndex.load("commit", uri=milvus.uri)
         assert reader._ts > 0 and reader._read_kw()["consistency_level"] == "Customized"
@@ -157,20 +130,19 @@ def test_path_filter(milvus):
     paths[7] = '/data/music/odd "quoted" name.wav'
     index = new_index(milvus, "paths", 16)
     index.add(ids, x, paths=paths)
+    index.save()
     q = unit(4, 16, 6)
     music = ids[[p.startswith("/data/music/") for p in paths]]
-    for _saved in (False, True):  # staged rows are filtered in memory, saved ones by Milvus
-        _, got = index.search(q, 10, path_prefix="/data/music/")
-        assert np.isin(got, music).all()
-        allowed = ids[100:200]
-        _, got = index.search(q, 10, allowed_ids=allowed)
-        assert np.isin(got, allowed).all()
-        exact = FaissIndex(16)
-        exact.add(allowed, x[100:200])
-        np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(exact.search(q, 10)[1], axis=1))
-        _, got = index.search(q, 3, allowed_ids=[8])  # one allowed row: the rest is padding
-        assert got[:, 0].tolist() == [8] * 4 and (got[:, 1:] == -1).all()
-        index.save()
+    _, got = index.search(q, 10, path_prefix="/data/music/")
+    assert np.isin(got, music).all()
+    allowed = ids[100:200]
+    _, got = index.search(q, 10, allowed_ids=allowed)
+    assert np.isin(got, allowed).all()
+    exact = FaissIndex(16)
+    exact.add(allowed, x[100:200])
+    np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(exact.search(q, 10)[1], axis=1))
+    _, got = index.search(q, 3, allowed_ids=[8])  # one allowed row: the rest is padding
+    assert got[:, 0].tolist() == [8] * 4 and (got[:, 1:] == -1).all()
     _, got = index.search(q, 5, expr='path like "/data/speech/%" and row_id < 50')
     assert np.isin(got, ids[[p.startswith("/data/speech/") for p in paths]][:50]).all() and (got < 50).all()
     _, got = index.search(x[7], 1, path_prefix='/data/music/odd "quoted"')
@@ -192,73 +164,28 @@ def test_path_filter(milvus):
 
 
 # ---------------------------------------------------------------------- IndexStore on Milvus
-def test_store_on_milvus_upsert_remove_commit_reopen(milvus, tmp_path):
-    from sonalign.index.milvus import collection_name
+def test_store_on_milvus_keeps_its_vectors_in_collections(milvus, tmp_path):
+    from sonalign.index.milvus_client import collection_name
 
     idx = tmp_path / "idx"
     with IndexStore.open(idx, create=True, model="fake", backend="milvus", uri=milvus.uri) as store:
         upsert(store, "a", 10)
         upsert(store, "b", 4)
-        assert store.index().kind == "milvus" and store.index().pending == 14
     assert not list(idx.glob("vectors*.faiss"))
-    meta_backend = IndexStore.open(idx, readonly=True).meta()["vector_backend"]
-    assert meta_backend == {"name": "milvus", "uri": milvus.uri}
     reader = IndexStore.open(idx, readonly=True)
-    assert reader.index().ntotal == 14 and reader.index("transcript").ntotal == 6
+    assert reader.meta()["vector_backend"] == {"name": "milvus", "uri": milvus.uri}
+    assert reader.index().kind == "milvus" and reader.index("transcript").kind == "milvus"
     assert reader.index().collection_name == collection_name(reader.meta()["index_uuid"], "main")
     assert reader.index("transcript").collection_name.endswith("_transcript")
-    assert reader.index().pending == 0  # nothing to repair: the server holds the committed state
-    check_consistent(reader)
     stats = json.loads((idx / "manifest.json").read_text())
     assert stats["index_type"] == "milvus" and stats["index"]["collection"].startswith("sonalign_")
-
-    store = IndexStore.open(idx, backend="milvus")
-    upsert(store, "a", 6, version=1)  # an update: 10 old segments out, 6 new in
-    upsert(store, "c", 3)
-    assert store.remove_recording("/audio/b.wav")
-    assert store.index().ntotal == 9
-    reader.refresh(min_interval=0)
-    assert reader.index().ntotal == 14  # uncommitted: readers (and the server) still see the old state
-    store.commit()
-    assert reader.refresh(min_interval=0)
-    assert reader.index().ntotal == 9 and reader.index().pending == 0
-    check_consistent(reader)
-    # rollback: staged changes never reach the server
-    upsert(store, "d", 5)
-    store.rollback()
-    store.close()
-    reader.close()
-    store = IndexStore.open(idx, readonly=True)
-    assert sorted(store.recordings()) == ["/audio/a.wav", "/audio/c.wav"]
-    assert store.index().ntotal == 9 and store.index().pending == 0
-    check_consistent(store)
-    rows = store.segments(store.index().search(np.ones(DIM, np.float32), 9)[1][0])
-    assert {r.path for r in rows.values()} == {"/audio/a.wav", "/audio/c.wav"}
     # the path field in Milvus is the recording's path
-    _, got = store.index().search(np.ones(DIM, np.float32), 20, path_prefix="/audio/c")
+    _, got = reader.index().search(np.ones(DIM, np.float32), 20, path_prefix="/audio/b")
     got = got[got >= 0]
-    assert got.size == 3 and {r.path for r in store.segments(got).values()} == {"/audio/c.wav"}
-    store.close()
+    assert got.size == 4 and {r.path for r in reader.segments(got).values()} == {"/audio/b.wav"}
+    reader.close()
     with pytest.raises(ConfigError, match="milvus backend, not faiss"):
         IndexStore.open(idx, backend="faiss")
-
-
-def test_store_searcher_path_filter_on_milvus(milvus, tmp_path):
-    from sonalign.index.query import Searcher
-
-    store = IndexStore.open(tmp_path / "idx", create=True, backend="milvus", uri=milvus.uri)
-    upsert(store, "x", 8, folder="/audio/dogs")
-    upsert(store, "y", 8, folder="/audio/cats")
-    store.commit()
-
-    def embed(texts):
-        return np.ones((len(texts), DIM), np.float32)
-
-    searcher = Searcher(store, embed)
-    hits = searcher.search("anything", k=5, path_filter="/dogs/")
-    assert len(hits) == 5 and {h.path for h in hits} == {"/audio/dogs/x.wav"}
-    assert {h.path for h in searcher.search("anything", k=16)} == {"/audio/dogs/x.wav", "/audio/cats/y.wav"}
-    store.close()
 
 
 def test_store_repairs_milvus_after_a_crash_between_sqlite_and_milvus(milvus, tmp_path, monkeypatch):
@@ -270,37 +197,29 @@ def test_store_repairs_milvus_after_a_crash_between_sqlite_and_milvus(milvus, tm
     store = IndexStore.open(idx)
     upsert(store, "a", 4, version=1)
     upsert(store, "b", 5)
-    real_save, real_record = MilvusIndex.save, MilvusIndex._write_record
+    real_apply = MilvusIndex.apply
 
-    def partial_save(self, path=None, tag=None):  # only part of the change reaches the server...
-        self._adds = {i: self._adds[i] for i in sorted(self._adds)[:2]}
-        self._removes = set(sorted(self._removes)[:1])
-        real_save(self, path, tag)
+    def killed_half_way(self, remove, add_ids=(), add_vectors=None, paths=None):  # only part of the change reaches the server...
+        real_apply(self, np.asarray(remove)[:1], np.asarray(add_ids)[:2], None if add_vectors is None else np.asarray(add_vectors)[:2])
+        raise KeyboardInterrupt("killed")  # ...and the process dies before recording the new tag
 
-    def killed_before_tag(self, record):  # ...and the process dies before recording the new tag
-        if "tag" in record:
-            raise KeyboardInterrupt("killed")
-        real_record(self, record)
-
-    monkeypatch.setattr(MilvusIndex, "save", partial_save)
-    monkeypatch.setattr(MilvusIndex, "_write_record", killed_before_tag)
+    monkeypatch.setattr(MilvusIndex, "apply", killed_half_way)
     with pytest.raises(KeyboardInterrupt):
         store.commit()  # SQLite has committed by now
     with pytest.raises(KeyboardInterrupt):
         store.close()  # the "killed" writer gets no further on its way out either (and still lets go of the lock)
-    monkeypatch.setattr(MilvusIndex, "_write_record", real_record)
-    monkeypatch.setattr(MilvusIndex, "save", real_save)
+    monkeypatch.setattr(MilvusIndex, "apply", real_apply)
     reader = IndexStore.open(idx, readonly=True)  # a reader repairs in memory, never on the server
     assert sorted(reader.recordings()) == ["/audio/a.wav", "/audio/b.wav"]
     check_consistent(reader)
-    assert reader.index().pending > 0
+    assert reader.unsaved() > 0
     reader.close()
     store = IndexStore.open(idx)  # the writer repairs the server (set difference against SQLite)
-    assert store.index().pending == 0
+    assert store.unsaved() == 0
     check_consistent(store)
     store.close()
     store = IndexStore.open(idx, readonly=True)
-    assert store.index().pending == 0 and store.index().ntotal == 9
+    assert store.unsaved() == 0 and store.index().ntotal == 9
     check_consistent(store)
     store.close()
 
@@ -340,10 +259,10 @@ def test_store_on_milvus_consistent_after_sigkill_mid_update(milvus, tmp_path):
         store = IndexStore.open(idx, backend="milvus")
         seen = check_consistent(store)
         assert set(seen) == {"/audio/p.wav", "/audio/q.wav", "/audio/r.wav"}
-        assert store.index().pending == 0
+        assert store.unsaved() == 0
         store.close()
         reader = IndexStore.open(idx, readonly=True)
-        assert reader.index().pending == 0  # the writer's open repaired the server itself
+        assert reader.unsaved() == 0  # the writer's open repaired the server itself
         np.testing.assert_array_equal(reader.index().ids(), reader.db.row_ids())
         reader.close()
 
@@ -354,10 +273,12 @@ def test_rebuild_drops_the_old_collections(milvus, tmp_path):
     idx = tmp_path / "idx"
     with IndexStore.open(idx, create=True, backend="milvus", uri=milvus.uri) as store:
         upsert(store, "a", 3)
+        store.commit()
         old = store.index().collection_name
     assert MilvusIndex.exists(old, uri=milvus.uri)
     with IndexStore.open(idx, rebuild=True) as store:  # keeps the backend it had
         upsert(store, "b", 2)
+        store.commit()
         assert store.index().kind == "milvus" and store.index().collection_name != old
     assert not MilvusIndex.exists(old, uri=milvus.uri)
 
@@ -407,7 +328,8 @@ def tones(freqs, sr=16000, seed=0):
 
 
 def test_build_index_with_milvus_backend_end_to_end(milvus, tmp_path, fake_run):
-    from sonalign.index.build import build_index, searcher_for_store
+    from sonalign.index.build import build_index
+    from sonalign.index.query import Searcher
 
     folder = tmp_path / "audio"
     folder.mkdir()
@@ -421,9 +343,9 @@ def test_build_index_with_milvus_backend_end_to_end(milvus, tmp_path, fake_run):
     again = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False, workers=1)  # backend from the index
     assert (again.added, again.removed, again.unchanged) == (1, 1, 2)
     store = IndexStore.open(idx, readonly=True)
-    assert store.index().kind == "milvus" and store.index().ntotal == 5 and store.index().pending == 0
+    assert store.index().kind == "milvus" and store.index().ntotal == 5 and store.unsaved() == 0
     np.testing.assert_array_equal(store.index().ids(), store.db.row_ids())
-    searcher = searcher_for_store(store, model=str(fake_run))
+    searcher = Searcher.for_store(store, model=str(fake_run))
     hits = searcher.search("a tone", k=5)
     assert len(hits) == 5 and {Path(h.path).name for h in hits} == {"r0.wav", "r2.wav", "r3.wav"}
     hits = searcher.search("a tone", k=5, path_filter="r3")
@@ -454,13 +376,14 @@ def test_killed_server_restarted_on_its_data_still_holds_everything(milvus, tmp_
     """SIGKILL the whole server process group and restart it on the same data directory: every
     acknowledged row is still there. (Milvus 2.3.5 may lose collection *properties* set shortly before
     a kill, i.e. the sonalign tag; the store then sees no valid tag and repairs by set difference.)"""
-    from sonalign.index.milvus import MilvusIndex, disconnect_all
+    from sonalign.index.milvus import MilvusIndex
+    from sonalign.index.milvus_client import disconnect_all
 
     x = unit(2000, 32, 8)
     index = new_index(milvus, "survivor", 32)
     index.add(np.arange(2000), x, paths=[f"/k/{i % 4}.wav" for i in range(2000)])
     index.save(tag={"g": 1})
-    index.remove(np.arange(100))
+    index.apply(np.arange(100))
     index.save(tag={"g": 2})
     q = unit(20, 32, 9)
     _, before = index.search(q, 10)
@@ -480,9 +403,9 @@ def test_killed_server_restarted_on_its_data_still_holds_everything(milvus, tmp_
     assert ((got - 1) % 4 == 0).all()
     store = IndexStore.open(idx, uri=milvus.uri)  # the server moved to another port: override the address
     check_consistent(store)
-    assert store.index().ntotal == 12 and store.index().pending == 0
+    assert store.index().ntotal == 12 and store.unsaved() == 0
     store.close()
     store = IndexStore.open(idx, readonly=True, uri=milvus.uri)
-    assert store.index().pending == 0 and store.index().tag is not None
+    assert store.unsaved() == 0 and store.index().tag is not None
     check_consistent(store)
     store.close()

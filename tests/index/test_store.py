@@ -1,4 +1,8 @@
-"""IndexStore: incremental upserts, crash consistency (SIGKILL at random points), damaged files."""
+"""IndexStore: incremental upserts, crash consistency (SIGKILL at random points), damaged files.
+
+Tests taking the ``backend`` fixture run on both vector backends: faiss files, and a Milvus server
+(skipped where it cannot start, see conftest.py); the others are about faiss files.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ import pytest
 
 from sonalign.errors import ConfigError, IndexCorruptError, StorageError
 from sonalign.index.store import SNAPSHOT_RATIO, IndexStore, RecordingInfo
-from sonalign.index.vectors import FaissIndex, file_tag, normalize
+from sonalign.index.vector_file import file_tag
+from sonalign.index.vectors import FaissIndex, normalize
 from sonalign.segments import Segment
 
 DIM = 16
@@ -89,21 +94,21 @@ def check_consistent(store: IndexStore) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------- basics
-def test_create_upsert_commit_reopen(tmp_path):
+def test_create_upsert_commit_reopen(tmp_path, backend):
     idx = tmp_path / "idx"
-    with IndexStore.open(idx, create=True, model="fake", settings={"hop": 0.5}) as store:
+    with IndexStore.open(idx, create=True, model="fake", settings={"hop": 0.5}, **backend) as store:
         upsert(store, "a", 10)
         upsert(store, "b", 4)
+    vector_files = [] if backend else ["vectors.faiss", "vectors.transcript.faiss"]
     assert sorted(p.name for p in idx.iterdir() if not p.name.startswith("meta.sqlite-")) == [
         ".writer.lock",
         "manifest.json",
         "meta.sqlite",
-        "vectors.faiss",
-        "vectors.transcript.faiss",
+        *vector_files,
     ]
     manifest = json.loads((idx / "manifest.json").read_text())
     assert manifest["model"] == "fake" and manifest["dim"] == DIM and manifest["counts"]["segments"] == 14
-    assert manifest["extra"]["transcript"] == {"dim": TDIM, "count": 6, "index_type": "flat"}
+    assert manifest["extra"]["transcript"] == {"dim": TDIM, "count": 6, "index_type": "milvus" if backend else "flat"}
     store = IndexStore.open(idx, readonly=True)
     assert store.recordings() == {"/audio/a.wav": "v0-n10", "/audio/b.wav": "v0-n4"}
     assert store.model == "fake" and store.dim == DIM and store.settings == {"hop": 0.5}
@@ -116,8 +121,8 @@ def test_create_upsert_commit_reopen(tmp_path):
     store.close()
 
 
-def test_upsert_replaces_previous_version_without_duplicates(tmp_path):
-    store = IndexStore.open(tmp_path / "idx", create=True)
+def test_upsert_replaces_previous_version_without_duplicates(tmp_path, backend):
+    store = IndexStore.open(tmp_path / "idx", create=True, **backend)
     old = upsert(store, "a", 10, version=0)
     upsert(store, "b", 5)
     store.commit()
@@ -138,8 +143,8 @@ def test_upsert_replaces_previous_version_without_duplicates(tmp_path):
     store.close()
 
 
-def test_empty_recording_and_dict_rec_info(tmp_path):
-    store = IndexStore.open(tmp_path / "idx", create=True)
+def test_empty_recording_and_dict_rec_info(tmp_path, backend):
+    store = IndexStore.open(tmp_path / "idx", create=True, **backend)
     store.upsert_recording({"path": "/audio/silent.wav", "content_hash": "h"}, [], np.zeros((0, DIM), np.float32))
     store.commit()
     assert store.recordings() == {"/audio/silent.wav": "h"}
@@ -150,9 +155,9 @@ def test_empty_recording_and_dict_rec_info(tmp_path):
     store.close()
 
 
-def test_rollback_and_close_without_commit_drop_changes(tmp_path):
+def test_rollback_and_close_without_commit_drop_changes(tmp_path, backend):
     idx = tmp_path / "idx"
-    store = IndexStore.open(idx, create=True)
+    store = IndexStore.open(idx, create=True, **backend)
     upsert(store, "a", 4)
     store.commit()
     upsert(store, "b", 4)
@@ -169,8 +174,8 @@ def test_rollback_and_close_without_commit_drop_changes(tmp_path):
     store.close()
 
 
-def test_bad_upserts_are_rejected_and_leave_the_store_intact(tmp_path):
-    store = IndexStore.open(tmp_path / "idx", create=True)
+def test_bad_upserts_are_rejected_and_leave_the_store_intact(tmp_path, backend):
+    store = IndexStore.open(tmp_path / "idx", create=True, **backend)
     upsert(store, "a", 4)
     store.commit()
     info, segs, vecs, transcripts, extras = recording("b", 3)
@@ -202,9 +207,9 @@ def test_bad_upserts_are_rejected_and_leave_the_store_intact(tmp_path):
     store.close()
 
 
-def test_model_and_dim_mismatch_raise_config_error(tmp_path):
+def test_model_and_dim_mismatch_raise_config_error(tmp_path, backend):
     idx = tmp_path / "idx"
-    with IndexStore.open(idx, create=True, model="m1", dim=DIM):
+    with IndexStore.open(idx, create=True, model="m1", dim=DIM, **backend):
         pass
     with pytest.raises(ConfigError, match="m1"):
         IndexStore.open(idx, model="m2")
@@ -213,10 +218,10 @@ def test_model_and_dim_mismatch_raise_config_error(tmp_path):
     IndexStore.open(idx, model="m1", dim=DIM).close()
 
 
-def test_missing_index_and_second_writer(tmp_path):
+def test_missing_index_and_second_writer(tmp_path, backend):
     with pytest.raises(FileNotFoundError, match="no sonalign index"):
         IndexStore.open(tmp_path / "nothing")
-    store = IndexStore.open(tmp_path / "idx", create=True)
+    store = IndexStore.open(tmp_path / "idx", create=True, **backend)
     with pytest.raises(StorageError, match="another process is writing this index"):  # a one-line error for the CLI, not a traceback
         IndexStore.open(tmp_path / "idx", lock_timeout=0.2)
     reader = IndexStore.open(tmp_path / "idx", readonly=True)  # readers need no lock
@@ -225,9 +230,9 @@ def test_missing_index_and_second_writer(tmp_path):
     IndexStore.open(tmp_path / "idx").close()
 
 
-def test_reader_refresh_sees_committed_changes(tmp_path):
+def test_reader_refresh_sees_committed_changes(tmp_path, backend):
     idx = tmp_path / "idx"
-    writer = IndexStore.open(idx, create=True)
+    writer = IndexStore.open(idx, create=True, **backend)
     upsert(writer, "a", 5)
     writer.commit()
     reader = IndexStore.open(idx, readonly=True)
@@ -242,11 +247,11 @@ def test_reader_refresh_sees_committed_changes(tmp_path):
     reader.close()
 
 
-def test_reader_keeps_working_while_a_writer_commits(tmp_path):
+def test_reader_keeps_working_while_a_writer_commits(tmp_path, backend):
     import threading
 
     idx = tmp_path / "idx"
-    writer = IndexStore.open(idx, create=True, hnsw_threshold=80)
+    writer = IndexStore.open(idx, create=True, hnsw_threshold=80, **backend)
     upsert(writer, "r0", 10)
     writer.commit()
     reader = IndexStore.open(idx, readonly=True, hnsw_threshold=80)  # catch-ups switch, tombstone and compact too
@@ -280,6 +285,62 @@ def test_reader_keeps_working_while_a_writer_commits(tmp_path):
     assert reader.index().ntotal == writer.index().ntotal
     writer.close()
     reader.close()
+
+
+def test_changes_reach_the_vectors_and_readers_at_commit(tmp_path, backend):
+    idx = tmp_path / "idx"
+    with IndexStore.open(idx, create=True, model="fake", **backend) as store:
+        upsert(store, "a", 10)
+        upsert(store, "b", 4)
+        assert store.unsaved() == 14
+    reader = IndexStore.open(idx, readonly=True)
+    assert reader.index().ntotal == 14 and reader.index("transcript").ntotal == 6
+    assert reader.unsaved() == 0  # nothing to repair: the saved vectors hold the committed state
+    check_consistent(reader)
+
+    store = IndexStore.open(idx)
+    upsert(store, "a", 6, version=1)  # an update: 10 old segments out, 6 new in
+    upsert(store, "c", 3)
+    assert store.remove_recording("/audio/b.wav")
+    assert store.db.count_vectors() == 9
+    assert store.index().ntotal == 14  # the vectors change at commit: until then searches see the last one
+    reader.refresh(min_interval=0)
+    assert reader.index().ntotal == 14  # uncommitted: readers (and the saved vectors) still see the old state
+    store.commit()
+    assert store.index().ntotal == 9
+    assert reader.refresh(min_interval=0)
+    assert reader.index().ntotal == 9 and reader.unsaved() == 0
+    check_consistent(reader)
+    upsert(store, "d", 5)  # rollback: the vectors never see it
+    store.rollback()
+    assert store.index().ntotal == 9
+    store.close()
+    reader.close()
+    store = IndexStore.open(idx, readonly=True)
+    assert sorted(store.recordings()) == ["/audio/a.wav", "/audio/c.wav"]
+    assert store.index().ntotal == 9 and store.unsaved() == 0
+    check_consistent(store)
+    rows = store.segments(store.index().search(np.ones(DIM, np.float32), 9)[1][0])
+    assert {r.path for r in rows.values()} == {"/audio/a.wav", "/audio/c.wav"}
+    store.close()
+
+
+def test_searcher_path_filter(tmp_path, backend):
+    from sonalign.index.query import Searcher
+
+    store = IndexStore.open(tmp_path / "idx", create=True, **backend)
+    upsert(store, "x", 8, folder="/audio/dogs")
+    upsert(store, "y", 8, folder="/audio/cats")
+    store.commit()
+
+    def embed(texts):
+        return np.ones((len(texts), DIM), np.float32)
+
+    searcher = Searcher(store, embed)
+    hits = searcher.search("anything", k=5, path_filter="/dogs/")
+    assert len(hits) == 5 and {h.path for h in hits} == {"/audio/dogs/x.wav"}
+    assert {h.path for h in searcher.search("anything", k=16)} == {"/audio/dogs/x.wav", "/audio/cats/y.wav"}
+    store.close()
 
 
 def test_hnsw_store_with_tombstones_survives_reopen(tmp_path):
@@ -520,9 +581,9 @@ def test_stale_missing_or_foreign_vector_files_are_rebuilt(tmp_path):
     store.close()
 
 
-def test_metadata_restored_from_backup_with_newer_vector_files(tmp_path):
+def test_metadata_restored_from_backup_with_newer_vector_files(tmp_path, backend):
     idx = tmp_path / "idx"
-    store = IndexStore.open(idx, create=True)
+    store = IndexStore.open(idx, create=True, **backend)
     upsert(store, "a", 5)
     store.commit()
     store.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

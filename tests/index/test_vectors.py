@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from sonalign.errors import IndexCorruptError
-from sonalign.index.vectors import FaissIndex, VectorIndex, file_tag, normalize
+from sonalign.index.backend import VectorBackend
+from sonalign.index.vector_file import file_tag
+from sonalign.index.vectors import FaissIndex, normalize
 
 
 def clustered(n: int, d: int, seed: int = 0, rank: int = 24) -> np.ndarray:
@@ -27,7 +29,7 @@ def test_protocol_and_flat_search_is_exact():
     x = rng.standard_normal((500, 32)).astype(np.float32)
     ids = np.arange(1000, 1500)
     index = FaissIndex(32)
-    assert isinstance(index, VectorIndex)
+    assert isinstance(index, VectorBackend)
     index.add(ids, x)
     assert index.kind == "flat" and index.ntotal == 500
     q = rng.standard_normal((7, 32)).astype(np.float32)

@@ -68,7 +68,8 @@ def paired_set(n: int = 16, seed: int = 1) -> dict[str, torch.Tensor]:
 def test_registry_builds_calm_with_paper_defaults():
     model = create_model("calm")
     assert isinstance(model, CALM) and not model.training
-    assert model.required_inputs == ("audio_mel", "text_embedding", "text_tokens") and model.optional_inputs == ("labels",)
+    assert model.required_inputs == ("audio_mel", "text_embedding", "text_tokens")
+    assert model.optional_inputs == ("labels", "groups", "text_from_label") and model.probe_output == "calm_embedding"
     assert model.spectran.n_mels == 64 and model.classifier[-1].out_features == 7
     with pytest.raises(ConfigError):
         create_model("calm", weights={"clap": 1.0})
@@ -107,8 +108,9 @@ def test_short_training_lowers_the_loss():
         accuracy = (model.classify(data).argmax(-1) == data["labels"]).float().mean()
     total = lambda losses: sum(v.item() for v in losses.values())  # noqa: E731
     assert total(final) < 0.7 * total(initial), (initial, final)
-    assert final["calp"] < 0.5 * initial["calp"] and final["classification"] < 0.5 * initial["classification"]
-    assert (sim.argmax(1) == torch.arange(16)).float().mean() >= 0.8 and accuracy >= 0.9
+    # the head learns from audio alone (the label is in the clip's latent), more slowly than from text
+    assert final["calp"] < 0.5 * initial["calp"] and final["classification"] < 0.7 * initial["classification"]
+    assert (sim.argmax(1) == torch.arange(16)).float().mean() >= 0.8 and accuracy >= 0.75, accuracy
 
 
 def test_padded_frames_and_tokens_do_not_change_outputs():
@@ -158,7 +160,7 @@ def test_audio_only_encoding_and_classification():
         logits_both = model.classify(batch)
         text = model.encode_text({"text_embedding": batch["text_embedding"]})
     assert encoded["calm_embedding"].shape == (8, 32) and logits_audio.shape == logits_both.shape == (8, 5)
-    assert not torch.allclose(logits_audio, logits_both)  # lexical tokens do enter the multimodal transformer
+    assert torch.equal(logits_audio, logits_both)  # the head reads audio only, whatever text the batch holds
     assert text["embedding"].shape == encoded["embedding"].shape and model.similarity(encoded, text).shape == (8, 8)
 
 
@@ -180,3 +182,64 @@ def test_ablations(overrides, expected):
             model.classify(random_batch())
     else:
         assert model.classify(random_batch()).shape == (8, 5)
+
+
+# ------------------------------------------------------------------ issue 13 item 1
+def _prompted(n: int, seed: int, classes: int = 5) -> dict[str, torch.Tensor]:
+    """Audio that carries no class information (independent noise) and, as its caption, the label's
+    prompt (one fixed token sequence per class): what a label-only data set gives CALM."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    prompts = torch.randn(classes, 4, 384, generator=torch.Generator().manual_seed(123))
+    mel = torch.randn(n, 16, 32, generator=g)
+    return {
+        "audio_mel": mel,
+        "audio_mel_mask": torch.ones(n, 16, dtype=torch.bool),
+        "text_tokens": prompts[labels],
+        "text_tokens_mask": torch.ones(n, 4, dtype=torch.bool),
+        "text_embedding": prompts[labels].mean(1),
+        "labels": labels,
+    }
+
+
+def test_emotion_head_cannot_read_the_label_prompt():
+    """A head trained with label prompts as captions must not beat chance on new clips whose audio
+    carries no class information, even when the batch holds their own prompts."""
+    model = _model(dropout=0.0, weights={"calp": 0.0, "masked": 0.0, "classification": 1.0})
+    train, test = _prompted(40, seed=1), _prompted(40, seed=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(25):
+        loss = model(train)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model.classify(test).argmax(-1) == test["labels"]).float().mean().item()
+    assert accuracy <= 0.45, accuracy  # chance 0.2; a head reading the prompt scores ~1
+
+
+def test_emotion_head_output_and_gradient_ignore_the_text():
+    model = _model().eval()
+    batch = _prompted(10, seed=3)
+    other = {**batch, "text_tokens": batch["text_tokens"].roll(1, 0), "text_embedding": batch["text_embedding"].roll(1, 0)}
+    with torch.no_grad():
+        assert torch.equal(model.classify(batch), model.classify(other))  # another class's prompt changes nothing
+    model.train()
+    tokens = batch["text_tokens"].clone().requires_grad_(True)
+    out = model({**batch, "text_tokens": tokens})
+    (grad,) = torch.autograd.grad(out["losses"]["classification"], tokens, allow_unused=True)
+    assert grad is None or float(grad.abs().max()) == 0.0
+
+
+def test_label_prompts_get_no_lexical_tokens():
+    """Rows whose text was rendered from the label (``text_from_label``) give the multimodal transformer
+    no lexical tokens: the masked modelling loss is then independent of those texts."""
+    model = _model().eval()
+    batch = {**_prompted(6, seed=4), "text_from_label": torch.ones(6, dtype=torch.bool)}
+    other = {**batch, "text_tokens": torch.randn(6, 4, 384)}
+    with torch.no_grad():
+        assert torch.equal(model(batch)["losses"]["masked"], model(other)["losses"]["masked"])
+        real = {**batch, "text_from_label": torch.zeros(6, dtype=torch.bool)}
+        assert not torch.equal(model(real)["losses"]["masked"], model({**other, "text_from_label": real["text_from_label"]})["losses"]["masked"])

@@ -151,9 +151,12 @@ def _reference_pair(mod: PairwiseBiAttention, a: dict, t: dict, i: int, j: int) 
         w = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d), dim=-1)  # (H, 1, L)
         return (w @ v).reshape(-1)
 
-    r_a = mod.res_audio(a_bar) + mha(mod.q_audio(a_bar), mod.k_text(T), mod.v_text(T))
-    r_t = mod.res_text(t_bar) + mha(mod.q_text(t_bar), mod.k_audio(A), mod.v_audio(A))
-    return r_a, r_t
+    ctx_a = mha(mod.q_audio(a_bar), mod.k_text(T), mod.v_text(T))  # the caption tokens audio i picks
+    ctx_t = mha(mod.q_text(t_bar), mod.k_audio(A), mod.v_audio(A))  # the chunks caption j picks
+    n = lambda x: torch.nn.functional.normalize(x, dim=0) / math.sqrt(3)  # noqa: E731
+    x_a = torch.cat([n(mod.res_audio(a_bar)), n(ctx_t), n(mod.res_audio(a_bar))])  # audio view: audio-derived parts only
+    x_t = torch.cat([n(ctx_a), n(mod.res_text(t_bar)), n(mod.res_text(t_bar))])  # text view: text-derived parts only
+    return x_a, x_t
 
 
 def test_pairwise_bi_attention_matches_naive_per_pair_attention():
@@ -163,7 +166,7 @@ def test_pairwise_bi_attention_matches_naive_per_pair_attention():
     t = _side(4, 6, [6, 1, 3, 5], 8, seed=6)
     with torch.no_grad():
         r_a, r_t = mod.refine(a, t, pairwise=True)
-        assert r_a.shape == (3, 4, 6) and r_t.shape == (3, 4, 6)
+        assert r_a.shape == (3, 4, 18) and r_t.shape == (3, 4, 18)
         scores = mod.score_matrix(a, t)
         for i in range(3):
             for j in range(4):

@@ -64,9 +64,11 @@ def _scramble_pads(batch: dict[str, torch.Tensor], seed: int = 7) -> dict[str, t
     return out
 
 
-def _assert_all_grads(model: torch.nn.Module) -> None:
+def _assert_all_grads(model: torch.nn.Module, skip: tuple[str, ...] = ("classifier.",)) -> None:
+    """Every trainable parameter has a finite gradient (the classifier head only learns from labelled
+    batches: ``test_document_classifier_*`` checks it)."""
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and not name.startswith(skip):
             assert p.grad is not None, name
             assert torch.isfinite(p.grad).all(), name
 
@@ -80,7 +82,7 @@ def test_registry_contract_and_default_config():
         emb = out[side]["embedding"]
         assert emb.shape == (8, 256)
         assert torch.allclose(emb.norm(dim=-1), torch.ones(8), atol=1e-5)
-    assert set(out["losses"]) == {"reciprocal_audio", "reciprocal_text", "cka", "info_balance", "attn_penalty"}
+    assert set(out["losses"]) == {"reciprocal_audio", "reciprocal_text", "direct", "cka", "info_balance", "attn_penalty"}
     assert torch.isfinite(out["loss"])
 
 
@@ -109,9 +111,9 @@ def test_every_parameter_gets_a_finite_gradient():
 @pytest.mark.parametrize(
     "overrides,expected_terms",
     [
-        (dict(use_cross_attention=False), {"reciprocal_audio", "reciprocal_text", "cka", "info_balance", "attn_penalty"}),
-        (dict(use_segment_transformer=False, attn_penalty_weight=0.0), {"reciprocal_audio", "reciprocal_text", "cka", "info_balance"}),
-        (dict(use_cka=False, use_info_balance=False, pool_heads=1), {"reciprocal_audio", "reciprocal_text"}),
+        (dict(use_cross_attention=False), {"reciprocal_audio", "reciprocal_text", "direct", "cka", "info_balance", "attn_penalty"}),
+        (dict(use_segment_transformer=False, attn_penalty_weight=0.0), {"reciprocal_audio", "reciprocal_text", "direct", "cka", "info_balance"}),
+        (dict(use_cka=False, use_info_balance=False, pool_heads=1, direct_weight=0.0), {"reciprocal_audio", "reciprocal_text"}),
         (dict(use_joint=False, use_info_balance=False, cka_pairs="audio_text"), {"contrastive", "cka", "attn_penalty"}),
         (
             dict(direct_weight=0.5, cka_pairs="audio_text"),
@@ -266,3 +268,79 @@ def test_extra_padding_does_not_change_outputs():
         for side in ("audio", "text"):
             assert torch.allclose(out[side]["embedding"], out2[side]["embedding"], atol=1e-5)
         assert out["loss"].item() == pytest.approx(out2["loss"].item(), abs=1e-4)
+
+
+# ------------------------------------------------------------------ issue 13 item 2
+def test_default_objective_trains_the_similarity_retrieval_scores():
+    """The paper's terms tie audio->joint and text->joint only; retrieval scores cos(audio, text), so
+    the default config must train exactly that cosine (the ``direct`` term), with positive groups."""
+    model = create_model("hilbert", **SMALL)
+    assert model.config["direct_weight"] > 0 and "direct" in model.config["description"]
+    batch = dict(_documents(8, seed=12), groups=torch.tensor([0, 0, 1, 2, 2, 2, 3, 4]))
+    with torch.no_grad():
+        out = model(batch)
+        a, t = out["audio"]["embedding"], out["text"]["embedding"]
+        expected = model.config["direct_weight"] * info_nce(a, t, model.reciprocal.audio_text.logit_scale, groups=batch["groups"])
+        assert out["losses"]["direct"].item() == pytest.approx(expected.item(), rel=1e-5)
+        assert torch.allclose(model.similarity(out["audio"], out["text"]), a @ t.T)
+
+
+def _labelled(n: int, seed: int, classes: int = 4, audio_informative: bool = True) -> dict[str, torch.Tensor]:
+    """Documents whose class is written in the audio (a class direction added to every segment), or
+    not (``audio_informative=False``); labels, and texts that are real (``text_from_label`` False)."""
+    g = torch.Generator().manual_seed(seed)
+    batch = _documents(n, seed=seed)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    if audio_informative:
+        directions = 3 * torch.randn(classes, 512, generator=torch.Generator().manual_seed(99))
+        batch["audio_segments"] = batch["audio_segments"] + directions[labels][:, None, :]
+    return {**batch, "labels": labels, "text_from_label": torch.zeros(n, dtype=torch.bool)}
+
+
+def test_document_classifier_reads_audio_text_and_joint():
+    model = create_model("hilbert", **SMALL, num_classes=4).train()
+    batch = _labelled(8, seed=13)
+    out = model(batch)
+    assert "classification" in out["losses"] and torch.isfinite(out["losses"]["classification"])
+    out["loss"].backward()
+    _assert_all_grads(model, skip=())  # every expert (audio, text, joint) and the gate learn from real texts
+    experts = model.classifier.experts
+    assert all(float(e[-1].weight.grad.abs().sum()) > 0 for e in experts)
+    model.eval()
+    with torch.no_grad():
+        audio_only = {k: v for k, v in batch.items() if k.startswith("audio_")}
+        assert model.classify(audio_only).shape == (8, 4)
+        assert not torch.allclose(model.classify(audio_only), model.classify(batch))  # real text does enter
+
+
+def test_document_classifier_never_reads_label_prompts():
+    """A text rendered from the row's label must not reach the head: neither its logits nor its gradient."""
+    model = create_model("hilbert", **SMALL, num_classes=4).eval()
+    batch = {**_labelled(8, seed=14), "text_from_label": torch.ones(8, dtype=torch.bool)}
+    swapped = {**batch, "text_segments": batch["text_segments"].flip(0), "text_segments_mask": batch["text_segments_mask"].flip(0)}
+    with torch.no_grad():
+        assert torch.equal(model.classify(batch), model.classify(swapped))
+        assert torch.equal(model.classify(batch), model.classify({k: v for k, v in batch.items() if k.startswith("audio_")}))
+    model.train()
+    text = batch["text_segments"].clone().requires_grad_(True)
+    out = model({**batch, "text_segments": text, "groups": torch.arange(8)})
+    (grad,) = torch.autograd.grad(out["losses"]["classification"], text, allow_unused=True)
+    assert grad is None or float(grad.abs().max()) == 0.0
+
+
+def test_document_classifier_learns_from_audio():
+    torch.manual_seed(0)
+    model = create_model("hilbert", **SMALL, num_classes=4)
+    train, test = _labelled(48, seed=15), _labelled(32, seed=16)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for step in range(40):
+        idx = torch.randperm(48, generator=torch.Generator().manual_seed(step))[:16]
+        loss = model(_rows(train, idx))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        pred = model.classify({k: v for k, v in test.items() if k.startswith("audio_")}).argmax(1)
+    assert (pred == test["labels"]).float().mean().item() >= 0.75  # chance 0.25

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from sonalign.errors import ConfigError
@@ -40,11 +41,14 @@ def _clips(n: int, chunks: int = 10, tokens: int = 8, seed: int = 0, noise: floa
     text = mean_audio @ (torch.randn(512, 384, generator=g) / 512**0.5) + noise * torch.randn(n, tokens, 384, generator=g)
     t_mask = torch.arange(tokens)[None] < torch.randint(1, tokens + 1, (n, 1), generator=g)
     garbage = lambda x, m: torch.where(m[..., None], x, 30 * torch.randn(x.shape, generator=g))  # noqa: E731
+    mean = lambda x, m: (x * m[..., None]).sum(1) / m.sum(1, keepdim=True)  # noqa: E731  (the frozen pooled vectors)
     return {
         "audio_segments": garbage(audio, a_mask),
         "audio_segments_mask": a_mask,
         "text_tokens": garbage(text, t_mask),
         "text_tokens_mask": t_mask,
+        "audio_embedding": mean(audio, a_mask),
+        "text_embedding": mean(text, t_mask),
     }
 
 
@@ -71,7 +75,9 @@ def _assert_all_grads(model: torch.nn.Module) -> None:
 def test_registry_and_contract():
     model = create_model("robust-atr")
     assert isinstance(model, RobustATR) and not model.training
-    assert model.required_inputs == ("audio_segments", "text_tokens")
+    assert model.required_inputs == ("audio_segments", "text_tokens", "audio_embedding", "text_embedding")
+    assert create_model("robust-atr", pooled_residual=False).required_inputs == ("audio_segments", "text_tokens")
+    assert model.config["features"]["segmenter"] == "energy"  # the paper's silence-aware chunks, not fixed windows
     out = model(_clips(8))
     for side in ("audio", "text"):
         assert out[side]["embedding"].shape == (8, 256)
@@ -140,6 +146,8 @@ def test_flat_similarity_and_no_refinement_ablation():
 
 def test_padded_values_do_not_change_outputs():
     model = create_model("robust-atr", **SMALL)
+    for gate in model.residual.values():  # open the pooled-residual gates (0 at init): the attentive pooling counts
+        gate.alpha.data.fill_(1.0)
     batch = _clips(8, seed=5)
     with torch.no_grad():
         out, out2 = model(batch), model(_scramble_pads(batch))
@@ -158,6 +166,37 @@ def test_eval_is_deterministic():
         assert torch.equal(model(batch)["loss"], model(batch)["loss"])
         a, t = model.encode_audio(batch), model.encode_text(batch)
         assert torch.equal(model.similarity(a, t), model.similarity(a, t))
+
+
+def _pair_terms(model: RobustATR, audio: dict, text: dict) -> torch.Tensor:
+    """The refined score from its formula for one chunk per clip and one token per caption:
+    attention over a single key is the identity, so
+    s(i, j) = 1/3 [cos(U_a a_i, V_t T_j) + cos(V_a A_i, U_t t_j) + cos(U_a a_i, U_t t_j)] -- every term pairs audio with text."""
+    r = model.refine
+    cos = lambda x, y: F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T  # noqa: E731
+    a_bar, t_bar = audio["pooled"], text["pooled"]
+    a_seq, t_seq = audio["sequence"][:, 0], text["sequence"][:, 0]
+    return (cos(r.res_audio(a_bar), r.v_text(t_seq)) + cos(r.v_audio(a_seq), r.res_text(t_bar)) + cos(r.res_audio(a_bar), r.res_text(t_bar))) / 3
+
+
+def test_refined_score_has_no_per_item_terms():
+    """Issue 13 item 3: the refined pair score must not contain terms of one item alone (hubs)."""
+    model = create_model("robust-atr", **SMALL).eval()
+    audio_batch, text_batch = _clips(6, chunks=1, seed=20), _clips(5, tokens=1, seed=21)
+    with torch.no_grad():
+        audio, text = model.encode_audio(audio_batch), model.encode_text(text_batch)
+        scores = model.similarity(audio, text)
+        # one chunk / one token: the score is exactly the cross-modal formula, nothing else
+        assert torch.allclose(scores, _pair_terms(model, audio, text), atol=1e-5)
+        # an item with nothing in it (all-zero summary and sequence) scores 0 against every item of
+        # the other side: no term of the score depends on one side alone
+        zero_text = {"sequence": torch.zeros(1, 1, 32), "mask": torch.ones(1, 1, dtype=torch.bool), "pooled": torch.zeros(1, 32)}
+        zero_audio = {"sequence": torch.zeros(1, 3, 32), "mask": torch.ones(1, 3, dtype=torch.bool), "pooled": torch.zeros(1, 32)}
+        assert torch.allclose(model.refine.score_matrix(audio, zero_text), torch.zeros(6, 1), atol=1e-6)
+        assert torch.allclose(model.refine.score_matrix(zero_audio, text), torch.zeros(1, 5), atol=1e-6)
+        # scaling one audio item's inputs leaves its scores unchanged (no additive offset per item)
+        scaled = {k: (v * 3.0 if k in ("sequence", "pooled") else v) for k, v in audio.items()}
+        assert torch.allclose(model.refine.score_matrix(scaled, text), scores, atol=1e-5)
 
 
 def test_text_embedding_fallback():

@@ -21,8 +21,8 @@ from sonalign.errors import ConfigError
 
 SAMPLE_RATE = 16000
 
-#: Decoder settings of ``fast=True``: one search pass, narrower beams. Measured on 25 asterisk
-#: test prompts: ~2.4x faster, word recall 0.47 instead of 0.56. Used for indexing.
+#: Decoder settings of ``fast=True``: one search pass, narrower beams: faster for somewhat lower
+#: word recall (docs/performance.md). Used for indexing.
 FAST_OPTIONS = {"fwdflat": False, "bestpath": False, "maxwpf": 5, "maxhmmpf": 3000, "topn": 2}
 
 

@@ -12,7 +12,11 @@ Layout of ``OUT`` (several encoder/segmenter settings can share one folder)::
     hashes.json                                  stat-keyed memo of content hashes
 
 ``audio_key`` hashes the audio encoder's settings, the segmenter's settings and this module's
-format version, so changing any of them gives new files instead of stale ones. Each per-recording
+format version, so changing any of them gives new files instead of stale ones.
+``with_levels`` (off by default; asked for by models that align the encoders' own levels, e.g.
+HADE) also caches the encoders' intermediate outputs: ``frames_{level}`` per recording (same frame
+grid and ``frame_offsets`` as ``frames``) and ``tokens_{level}`` per text. It enters the audio key and
+the text store's key only when on, so existing caches and the default settings' files are unchanged. Each per-recording
 file is written atomically and is complete or absent: a run killed midway and started again
 skips what is there and finishes the rest; a run over an unchanged source does nothing.
 """
@@ -33,7 +37,7 @@ from safetensors.numpy import save_file
 from sonalign.audio.io import load_audio
 from sonalign.data.clips import Clip
 from sonalign.data.readers import load_clips, problem_report
-from sonalign.errors import AudioError, SonalignError
+from sonalign.errors import AudioError, ConfigError, SonalignError
 from sonalign.segments import Segment
 from sonalign.utils.atomic import atomic_path, atomic_write_text
 from sonalign.utils.hashing import HashMemo, settings_hash
@@ -84,6 +88,16 @@ class FeatureSettings:
     segmenter: str = "fixed"
     segmenter_options: dict[str, Any] = field(default_factory=dict)
     with_mel: bool = False
+    #: also cache the encoders' intermediate levels (``levels`` of each encoder)
+    with_levels: bool = False
+
+
+def settings_dict(settings: FeatureSettings) -> dict[str, Any]:
+    """``asdict`` without ``with_levels`` when it is off: what files written before that option recorded."""
+    out = asdict(settings)
+    if not out.get("with_levels"):
+        out.pop("with_levels", None)
+    return out
 
 
 @dataclass
@@ -120,10 +134,19 @@ class FeatureCache:
             "segmenter": self.segmenter.settings(),
             "mel": MEL_SETTINGS if self.settings.with_mel else None,
         }
+        self.audio_levels: tuple[str, ...] = ()
+        self.text_levels: tuple[str, ...] = ()
+        if self.settings.with_levels:
+            self.audio_levels = tuple(getattr(self.audio_encoder, "levels", None) or ())
+            self.text_levels = tuple(getattr(self.text_encoder, "levels", None) or ())
+            if not self.audio_levels or not self.text_levels:
+                raise ConfigError(f"with_levels: {self.settings.audio_encoder if not self.audio_levels else self.settings.text_encoder} "
+                                  "has no intermediate levels to cache")
+            self.audio_settings["levels"] = list(self.audio_levels)
         self.audio_key = settings_hash(self.audio_settings)
         from sonalign.cache.text_store import TextFeatureStore
 
-        self.text_store = TextFeatureStore(self.root, self.text_encoder)
+        self.text_store = TextFeatureStore(self.root, self.text_encoder, self.text_levels)
         self.view_dir = self.root / "views" / f"{self.audio_key}-{self.text_store.key}"
         self.memo = HashMemo(self.root / "hashes.json")
 
@@ -166,13 +189,19 @@ class FeatureCache:
         ``GROUP_SEGMENTS`` at a time, so a long recording never sits in memory whole.
         """
         embeddings, frames, mels = [], [], []
+        levels: dict[str, list[np.ndarray]] = {name: [] for name in self.audio_levels}
         sr = self.audio_encoder.sample_rate
         for lo in range(0, len(segments), GROUP_SEGMENTS):
             group = [waves[i] for i in range(lo, min(lo + GROUP_SEGMENTS, len(segments)))]
-            out = self.audio_encoder.encode(group, batch_size=batch_size)
+            if self.audio_levels:
+                out = self.audio_encoder.encode(group, batch_size=batch_size, levels=True)
+            else:
+                out = self.audio_encoder.encode(group, batch_size=batch_size)
             mask = np.asarray(out["frames_mask"], dtype=bool)
             embeddings.append(np.asarray(out["embedding"], dtype=np.float32))
             frames.extend(np.asarray(out["frames"][i][mask[i]], dtype=np.float32) for i in range(len(group)))
+            for name in self.audio_levels:
+                levels[name].extend(np.asarray(out[f"frames_{name}"][i][mask[i]], dtype=np.float32) for i in range(len(group)))
             if self.settings.with_mel:
                 from sonalign.audio.io import resample
                 from sonalign.audio.mel import log_mel
@@ -187,6 +216,8 @@ class FeatureCache:
         if self.settings.with_mel:
             data["mel"] = np.concatenate(mels)
             data["mel_offsets"] = np.concatenate([[0], np.cumsum([m.shape[0] for m in mels])]).astype(np.int64)
+        for name in self.audio_levels:
+            data[f"frames_{name}"] = np.concatenate(levels[name])
         return data
 
     def features_from_wave(self, wave: np.ndarray, sample_rate: int, recording_id: str, batch_size: int = 32) -> dict[str, Any]:
@@ -228,7 +259,7 @@ class FeatureCache:
         """Re-read the text store's shards (after another process, e.g. rank 0, added some)."""
         from sonalign.cache.text_store import TextFeatureStore
 
-        self.text_store = TextFeatureStore(self.root, self.text_encoder)
+        self.text_store = TextFeatureStore(self.root, self.text_encoder, self.text_levels)
 
     # ---- whole sources ---------------------------------------------------------------------
     def extract(
@@ -339,7 +370,7 @@ class FeatureCache:
             with open(tmp, "wb") as handle:
                 np.save(handle, matrix)
         atomic_write_text(self.view_dir / "errors.jsonl", errors_text)
-        view_settings = {"digest": digest, "audio": self.audio_settings, "text": self.text_encoder.settings(), "feature_settings": asdict(self.settings)}
+        view_settings = {"digest": digest, "audio": self.audio_settings, "text": self.text_encoder.settings(), "feature_settings": settings_dict(self.settings)}
         atomic_write_text(settings_file, json.dumps(view_settings, indent=2, default=str))
 
 

@@ -2,6 +2,10 @@
 
 Shards are immutable safetensors files written atomically; the store's contents are the union of
 its shards, so a process killed mid-write loses at most the shard it was writing.
+
+``levels`` (e.g. ``("layer2", "layer4")``, names from the encoder's ``levels``) also stores those
+intermediate token states (``tokens_layer2`` ...) beside the final ones. It is part of the store's
+key only when non-empty, so a store without levels keeps its key and files.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ from sonalign.utils.hashing import settings_hash, text_sha
 
 
 class TextFeatureStore:
-    def __init__(self, root: str | Path, encoder: TextEncoder):
+    def __init__(self, root: str | Path, encoder: TextEncoder, levels: tuple[str, ...] = ()):
         self.encoder = encoder
-        self.key = settings_hash(encoder.settings())
+        self.levels = tuple(levels)
+        self._layers = tuple(int(name.removeprefix("layer")) for name in self.levels)
+        settings = encoder.settings()
+        self.key = settings_hash({**settings, "levels": list(self.levels)} if self.levels else settings)
         self.dir = Path(root) / "text" / self.key
         self._rows: dict[str, tuple[Path, int]] = {}
         self._loaded: dict[Path, dict[str, np.ndarray]] = {}
@@ -47,16 +54,20 @@ class TextFeatureStore:
         todo = self.missing(texts)
         if not todo:
             return 0
-        out = self.encoder.encode(todo, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        if self.levels:
+            out = self.encoder.encode(todo, batch_size=batch_size, show_progress_bar=show_progress_bar, layers=self._layers)
+        else:
+            out = self.encoder.encode(todo, batch_size=batch_size, show_progress_bar=show_progress_bar)
         mask = np.asarray(out["tokens_mask"], dtype=bool)
         lengths = mask.sum(1)
-        tokens = np.concatenate([np.asarray(out["tokens"][i][: lengths[i]], dtype=np.float32) for i in range(len(todo))])
         hashes = [text_sha(t) for t in todo]
         tensors = {
             "embedding": np.ascontiguousarray(out["embedding"], dtype=np.float32),
-            "tokens": tokens,
+            "tokens": np.concatenate([np.asarray(out["tokens"][i][: lengths[i]], dtype=np.float32) for i in range(len(todo))]),
             "token_offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         }
+        for name, k in zip(self.levels, self._layers):
+            tensors[f"tokens_{name}"] = np.concatenate([np.asarray(out[f"tokens_layer{k}"][i][: lengths[i]], dtype=np.float32) for i in range(len(todo))])
         self.dir.mkdir(parents=True, exist_ok=True)
         shard = self.dir / f"shard-{settings_hash(hashes, 16)}.safetensors"
         with atomic_path(shard) as tmp:
@@ -72,8 +83,11 @@ class TextFeatureStore:
         return self._loaded[shard]
 
     def get(self, text: str) -> dict[str, np.ndarray]:
-        """``{"embedding": (D,), "tokens": (L, D)}`` for a cached text (call ``ensure`` first)."""
+        """``{"embedding": (D,), "tokens": (L, D)}`` (plus ``tokens_{level}``) for a cached text (call ``ensure`` first)."""
         shard, row = self._rows[text_sha(text)]
         data = self._shard(shard)
         lo, hi = data["token_offsets"][row], data["token_offsets"][row + 1]
-        return {"embedding": data["embedding"][row], "tokens": data["tokens"][lo:hi]}
+        out = {"embedding": data["embedding"][row], "tokens": data["tokens"][lo:hi]}
+        for name in self.levels:
+            out[f"tokens_{name}"] = data[f"tokens_{name}"][lo:hi]
+        return out

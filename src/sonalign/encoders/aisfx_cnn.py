@@ -40,6 +40,11 @@ Outputs of :meth:`AisfxCNN.encode`:
   (an empty wave gives one silent spectrogram frame).
 * ``embedding`` ``(B, 512)``: max over the valid frames. For a segment of exactly one window this
   is the original aisfx window embedding (``EmbeddingNet.forward``: max over its 12 frames).
+* with ``levels=True`` only: ``frames_block2`` ``(B, T, 128)`` and ``frames_block3`` ``(B, T, 256)``
+  (mask ``frames_mask``), the outputs of conv blocks 2 and 3 on the same frame grid as ``frames`` (block 4): block 3's pooled
+  output averaged over frequency (as the trunk does after block 4), block 2's pooled output
+  max-pooled over pairs of time steps (the 2x pool the trunk applies next, which drops an odd last
+  step exactly as the trunk does) and averaged over frequency. Asking for them changes nothing else.
 
 Speed: BatchNorm is folded into the convolutions at load time, the trunk runs channels-last
 (oneDNN's blocked kernels; ``backend="mkldnn"`` / ``"dense"`` are alternatives), ReLUs in place,
@@ -80,6 +85,8 @@ FRAMES_PER_WINDOW = 12  # output frames per window (100 -> 50 -> 25 -> 12 by the
 SPEC_FRAMES_PER_FRAME = 8  # spectrogram frames per output frame (three 2x pools)
 WINDOW_SECONDS = WINDOW_FRAMES * HOP_LENGTH / SAMPLE_RATE  # 2.3219954...
 EMBED_DIM = 512
+#: Intermediate levels available with ``encode(..., levels=True)``: name -> width.
+LEVEL_DIMS = {"block2": 128, "block3": 256}
 _IMPL_VERSION = 2  # 2: partial last window run at its real length
 # Spectrogram frames computed per STFT call for long segments (bounds STFT memory to ~40 MB).
 _STFT_CHUNK_FRAMES = 50 * WINDOW_FRAMES
@@ -206,27 +213,44 @@ class FusedTrunk(nn.Module):
             raise ValueError(f"unknown backend {backend!r}")
         self.backend = backend
 
-    def _forward_mkldnn(self, spec: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _level(x: torch.Tensor, block: int) -> torch.Tensor:
+        """Block ``block``'s pooled output on the final frame grid: ``(N, C, time // 8)``."""
+        if block == 1:  # conv block 2 (0-based 1): time // 4 -> one more 2x pool in time
+            x = F.max_pool2d(x, kernel_size=(2, 1))
+        return x.mean(dim=3).contiguous()
+
+    def _forward_mkldnn(self, spec: torch.Tensor, levels: bool = False):
         x = spec.unsqueeze(1).to_mkldnn()
+        inner = []
         for b, pool in enumerate(self.POOLS):
             x = F.relu(self.convs[2 * b](x))
             x = F.relu(self.convs[2 * b + 1](x))
             if pool > 1:
                 x = F.max_pool2d(x, pool)
-        return x.to_dense().mean(dim=3)
+            if levels and b in (1, 2):
+                inner.append(self._level(x.to_dense(), b))
+        out = x.to_dense().mean(dim=3)
+        return (out, inner) if levels else out
 
-    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+    def forward(self, spec: torch.Tensor, levels: bool = False):
+        """``(N, time, mel)`` -> frames ``(N, 512, time // 8)``; with ``levels`` also
+        ``[block 2 (N, 128, time // 8), block 3 (N, 256, time // 8)]``."""
         if self.backend == "mkldnn":
-            return self._forward_mkldnn(spec)
+            return self._forward_mkldnn(spec, levels)
         x = spec.unsqueeze(1)
         if self.backend == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
+        inner = []
         for b, pool in enumerate(self.POOLS):
             x = F.relu_(self.convs[2 * b](x))
             x = F.relu_(self.convs[2 * b + 1](x))
             if pool > 1:
                 x = F.max_pool2d(x, pool)
-        return x.mean(dim=3).contiguous()
+            if levels and b in (1, 2):
+                inner.append(self._level(x, b))
+        out = x.mean(dim=3).contiguous()
+        return (out, inner) if levels else out
 
 
 @register_audio_encoder("aisfx-cnn", "aiSFX sound-effects CNN (Ma & Lerch, ISMIR 2022; CC BY 4.0): 44.1 kHz, 512-d, 12 frames per 2.32 s window")
@@ -236,6 +260,8 @@ class AisfxCNN:
     name = "aisfx-cnn"
     sample_rate = SAMPLE_RATE
     dim = EMBED_DIM
+    #: Intermediate levels (``encode(..., levels=True)``), name -> width.
+    levels = LEVEL_DIMS
     window_seconds = WINDOW_SECONDS
     #: Mean spacing of output frames: 12 per 2.322 s window (exact times: :meth:`frame_times`).
     frame_hop_seconds = WINDOW_SECONDS / FRAMES_PER_WINDOW
@@ -332,11 +358,13 @@ class AisfxCNN:
         show_progress_bar: bool = False,
         convert_to_numpy: bool = True,
         normalize_embeddings: bool = False,
+        levels: bool = False,
     ) -> dict[str, Any]:
         """Embed mono 44.1 kHz waves: ``embedding`` (B, 512), ``frames`` (B, T, 512), ``frames_mask`` (B, T).
 
         ``batch_size`` is the number of 2.32 s windows per forward pass (windows of several
-        segments share a batch).
+        segments share a batch). ``levels=True`` adds ``frames_block2`` / ``frames_block3``: conv
+        blocks 2 and 3 on the same frames (module doc); the other outputs are the same with or without it.
         """
         waves = [as_mono_float32(w, i) for i, w in enumerate(waves)]
         trunk = self._model()
@@ -349,10 +377,14 @@ class AisfxCNN:
             counts.append(len(pieces))
         if not waves:
             empty = torch.zeros(0, EMBED_DIM)
-            return finish({"embedding": empty, "frames": torch.zeros(0, 0, EMBED_DIM), "frames_mask": torch.zeros(0, 0, dtype=torch.bool)}, convert_to_numpy)
+            result = {"embedding": empty, "frames": torch.zeros(0, 0, EMBED_DIM), "frames_mask": torch.zeros(0, 0, dtype=torch.bool)}
+            if levels:
+                result.update({f"frames_{name}": torch.zeros(0, 0, dim) for name, dim in LEVEL_DIMS.items()})
+            return finish(result, convert_to_numpy)
         # Windows of equal length share forward passes; the last window of a segment is usually
         # shorter (its real length rounded up to 8 frames), which saves the work on padding.
         outputs: list[torch.Tensor | None] = [None] * len(windows)
+        level_outputs: dict[str, list[torch.Tensor | None]] = {name: [None] * len(windows) for name in LEVEL_DIMS} if levels else {}
         by_length: dict[int, list[int]] = {}
         for i, win in enumerate(windows):
             by_length.setdefault(win.shape[0], []).append(i)
@@ -361,18 +393,32 @@ class AisfxCNN:
                 rows = by_length[length]
                 stacked = torch.from_numpy(np.stack([windows[i] for i in rows]))
                 for sl in batch_slices(len(rows), batch_size, show_progress_bar and length == WINDOW_FRAMES, desc="aisfx-cnn windows"):
-                    out = trunk(stacked[sl].to(self.device, non_blocking=True)).transpose(1, 2).cpu()  # (n, frames, 512)
+                    result = trunk(stacked[sl].to(self.device, non_blocking=True), levels=True) if levels else trunk(stacked[sl].to(self.device, non_blocking=True))
+                    out = (result[0] if levels else result).transpose(1, 2).cpu()  # (n, frames, 512)
                     for j, row in enumerate(rows[sl]):
                         outputs[row] = out[j]
-            seqs, offset = [], 0
-            for n_win in counts:
-                seqs.append(torch.cat(outputs[offset : offset + n_win]))
-                offset += n_win
+                    if levels:
+                        for name, inner in zip(LEVEL_DIMS, result[1]):
+                            inner = inner.transpose(1, 2).cpu()
+                            for j, row in enumerate(rows[sl]):
+                                level_outputs[name][row] = inner[j]
+
+            def per_segment(parts: list[torch.Tensor | None]) -> list[torch.Tensor]:
+                seqs, offset = [], 0
+                for n_win in counts:
+                    seqs.append(torch.cat(parts[offset : offset + n_win]))
+                    offset += n_win
+                return seqs
+
+            seqs = per_segment(outputs)
             embedding = torch.stack([f.amax(dim=0) for f in seqs])
             frames, mask = pad_sequences(seqs, EMBED_DIM)
             if normalize_embeddings:
                 embedding = l2_normalize(embedding)
-        return finish({"embedding": embedding, "frames": frames, "frames_mask": mask}, convert_to_numpy)
+            result = {"embedding": embedding, "frames": frames, "frames_mask": mask}
+            if levels:
+                result.update({f"frames_{name}": pad_sequences(per_segment(level_outputs[name]), dim)[0] for name, dim in LEVEL_DIMS.items()})
+        return finish(result, convert_to_numpy)
 
     # -- time mapping --------------------------------------------------------------------------
     @staticmethod

@@ -11,6 +11,10 @@ imported (that import alone took 4-15 s of every CLI call). The result equals
   package's pipeline also L2-normalises (``2_Normalize``); here that is ``normalize_embeddings``.
 * ``tokens`` (B, L, 384) + ``tokens_mask`` (B, L): the last hidden states, [CLS] and [SEP]
   included (they are in the attention mask and in the mean), padded to the longest text of the call.
+* with ``layers=(k, ...)`` only: ``tokens_layer{k}`` (B, L, 384), the hidden states after layer k
+  of 6 on the same tokens (mask ``tokens_mask``; ``tokens`` is layer 6), read with forward hooks on
+  the layers, so the other outputs are the same with or without them. ``levels`` names the
+  intermediate levels a feature cache asks for (``with_levels``): layers 2 and 4.
 * Texts are truncated to ``max_length`` = 128 word pieces (default; [CLS] and [SEP] included).
   sentence-transformers uses 256 for this model; 128 covers captions and most transcripts with
   half the worst-case attention cost, and only texts longer than 128 pieces differ.
@@ -30,6 +34,8 @@ from sonalign.errors import ConfigError
 from sonalign.utils.device import resolve_device, to_device
 
 MAX_LENGTH = 128
+#: Intermediate levels for feature caches that ask for them: name -> width (layer k of 6).
+LEVEL_DIMS = {"layer2": 384, "layer4": 384}
 
 
 def model_dir() -> Path:
@@ -57,6 +63,7 @@ class MiniLML6:
 
     name = "minilm-l6"
     dim = 384
+    levels = LEVEL_DIMS
 
     def __init__(self, path: str | Path | None = None, max_length: int = MAX_LENGTH, device: str | None = None):
         if int(max_length) < 2:
@@ -107,28 +114,54 @@ class MiniLML6:
         show_progress_bar: bool = False,
         convert_to_numpy: bool = True,
         normalize_embeddings: bool = False,
+        layers: tuple[int, ...] = (),
     ) -> dict[str, Any]:
-        """``embedding`` (B, 384), ``tokens`` (B, L, 384), ``tokens_mask`` (B, L) bool."""
+        """``embedding`` (B, 384), ``tokens`` (B, L, 384), ``tokens_mask`` (B, L) bool; plus
+        ``tokens_layer{k}`` (B, L, 384) for each k in ``layers`` (1-based layer index)."""
         texts = check_texts(texts)
         tok, model = self._load()
+        layers = tuple(int(k) for k in layers)
+        for k in layers:
+            if not 1 <= k <= len(model.layers):
+                raise ConfigError(f"minilm-l6: layer {k} outside 1..{len(model.layers)}")
         embs, states, masks = [], [], []
+        inner: dict[int, list[torch.Tensor]] = {k: [] for k in layers}
+        captured: dict[int, torch.Tensor] = {}
+        hooks = [model.layers[k - 1].register_forward_hook(lambda _m, _i, out, k=k: captured.__setitem__(k, out)) for k in layers]
+        try:
+            with torch.inference_mode():
+                for sl in batch_slices(len(texts), batch_size, show_progress_bar, desc="minilm-l6"):
+                    enc = to_device(tok(texts[sl]), self.device)
+                    hidden = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).float().cpu()
+                    mask = enc["attention_mask"].bool().cpu()
+                    embs.append(masked_mean(hidden, mask))
+                    states.append(hidden)
+                    masks.append(mask)
+                    for k in layers:
+                        inner[k].append(captured.pop(k).float().cpu())
+        finally:
+            for h in hooks:
+                h.remove()
         with torch.inference_mode():
-            for sl in batch_slices(len(texts), batch_size, show_progress_bar, desc="minilm-l6"):
-                enc = to_device(tok(texts[sl]), self.device)
-                hidden = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).float().cpu()
-                mask = enc["attention_mask"].bool().cpu()
-                embs.append(masked_mean(hidden, mask))
-                states.append(hidden)
-                masks.append(mask)
             length = max((s.shape[1] for s in states), default=0)
-            tokens = torch.zeros(len(texts), length, self.dim)
+
+            def pad(parts: list[torch.Tensor]) -> torch.Tensor:
+                out = torch.zeros(len(texts), length, self.dim)
+                row = 0
+                for s, m in zip(parts, masks):
+                    out[row : row + s.shape[0], : s.shape[1]] = s * m.unsqueeze(-1)
+                    row += s.shape[0]
+                return out
+
+            tokens = pad(states)
             tokens_mask = torch.zeros(len(texts), length, dtype=torch.bool)
             row = 0
-            for s, m in zip(states, masks):
-                tokens[row : row + s.shape[0], : s.shape[1]] = s * m.unsqueeze(-1)
-                tokens_mask[row : row + s.shape[0], : s.shape[1]] = m
-                row += s.shape[0]
+            for m in masks:
+                tokens_mask[row : row + m.shape[0], : m.shape[1]] = m
+                row += m.shape[0]
             embedding = torch.cat(embs) if embs else torch.zeros(0, self.dim)
             if normalize_embeddings:
                 embedding = l2_normalize(embedding)
-        return finish({"embedding": embedding, "tokens": tokens, "tokens_mask": tokens_mask}, convert_to_numpy)
+            result = {"embedding": embedding, "tokens": tokens, "tokens_mask": tokens_mask}
+            result.update({f"tokens_layer{k}": pad(inner[k]) for k in layers})
+        return finish(result, convert_to_numpy)

@@ -4,8 +4,8 @@
   for label-only sets, class-prompt retrieval (every clip of the class is relevant) and zero-shot
   classification with the run's prompt template;
 * robustness: the same numbers with real noise mixed in at 15/10/5 dB SNR;
-* a linear probe (UA/WA) on the model's audio embeddings for a labelled probe set (e.g. EmoDB),
-  plus, for CALM, its own emotion head.
+* a linear probe (UA/WA) on the model's audio representation for a labelled probe set (e.g.
+  EmoDB), plus the model's own classifier head where it has one (CALM, HILBERT).
 """
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ def evaluate_run(
         from sonalign.train.prompts import guess_template
 
         template = guess_template([c.label for c in clips if c.label is not None])
-    label_names = run_labels if (run_labels and not has_text and {c.label for c in clips} <= set(run_labels)) else None
-    paired = build_paired(cache, clips, template if not has_text else None, label_names)
+    # zero-shot chooses among the evaluated split's own labels (a run may have trained on many more)
+    paired = build_paired(cache, clips, template if not has_text else None)
     if has_text:
         paired.template = template  # the prompt for zero-shot over the labels of captioned clips (default: the label itself)
     result = EvaluationResult()
@@ -174,10 +174,13 @@ def evaluate_run(
 
 
 def probe_run(model, cache: FeatureCache, probe_data: str | Path, *, show_progress: bool = True, head_labels: list[str] | None = None) -> dict[str, Any]:
-    """Linear probe on the model's audio embeddings (train split -> test split), and CALM's own head.
+    """Linear probe on the model's audio representation (train split -> test split), and the model's own head.
 
-    The head is scored only when ``head_labels`` (the class order the run was trained with: its
-    resolved ``data.labels``) names exactly the probe set's classes: a head trained on other
+    The probe reads the encode output the model names in ``probe_output`` (default
+    ``"embedding"``; CALM: its CALM embedding, as the paper's downstream tasks use it). A model
+    with a classifier head (``classify``: CALM's emotion head, HILBERT's document classifier) is
+    scored on audio alone, and only when ``head_labels`` (the class order the run was trained with:
+    its resolved ``data.labels``) names exactly the probe set's classes: a head trained on other
     classes, or never trained (a run without labels), is not this task's classifier.
     """
     import torch
@@ -195,7 +198,8 @@ def probe_run(model, cache: FeatureCache, probe_data: str | Path, *, show_progre
         raise ConfigError(f"{probe_data}: a probe needs labelled train and test splits")
     names = sorted({c.label for s in splits.values() for c in s.clips})
     index = {n: i for i, n in enumerate(names)}
-    emb = {k: encode_audio_items(model, v.audio)["embedding"].numpy() for k, v in splits.items()}
+    key = getattr(model, "probe_output", "embedding")
+    emb = {k: encode_audio_items(model, v.audio)[key].float().numpy() for k, v in splits.items()}
     lab = {k: np.array([index[c.label] for c in v.clips]) for k, v in splits.items()}
     out: dict[str, Any] = {
         "linear": linear_probe(emb["train"], lab["train"], emb["test"], lab["test"], emb.get("val"), lab.get("val"))
@@ -203,7 +207,8 @@ def probe_run(model, cache: FeatureCache, probe_data: str | Path, *, show_progre
     has_head = hasattr(model, "classify") and getattr(model, "classifier", True) is not None
     if has_head and head_labels and len(head_labels) == len(set(head_labels)) and set(map(str, head_labels)) == set(names):
         with torch.inference_mode():
-            logits = torch.cat([model.classify(audio_batch(splits["test"].audio[i : i + 64], model_keys(model))) for i in range(0, len(splits["test"].audio), 64)])
+            audio_keys = {k for k in model_keys(model) if k.startswith("audio_")}  # audio alone: no text reaches the head
+            logits = torch.cat([model.classify(audio_batch(splits["test"].audio[i : i + 64], audio_keys)) for i in range(0, len(splits["test"].audio), 64)])
         if logits.shape[1] != len(head_labels):
             raise ConfigError(f"the model's head has {logits.shape[1]} outputs but the run names {len(head_labels)} classes")
         pred = np.array([index[str(head_labels[j])] for j in logits.argmax(1).numpy()])  # head order -> probe order
@@ -214,7 +219,7 @@ def probe_run(model, cache: FeatureCache, probe_data: str | Path, *, show_progre
 
 @dataclass
 class _HeadResult:
-    """Accuracy of a model's own classifier head (CALM's emotion head)."""
+    """Accuracy of a model's own classifier head (CALM's emotion head, HILBERT's document classifier)."""
 
     ua: float
     wa: float

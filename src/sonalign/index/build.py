@@ -29,7 +29,7 @@ import numpy as np
 from sonalign.audio.io import audio_info, find_audio_files, load_audio
 from sonalign.errors import ConfigError, SonalignError
 from sonalign.index.embedders import get_embedder
-from sonalign.index.query import TRANSCRIPT, TRANSCRIPT_ENCODER, Searcher
+from sonalign.index.query import TRANSCRIPT, TRANSCRIPT_ENCODER
 from sonalign.index.store import IndexStore, RecordingInfo
 from sonalign.segments import Segment, recording_id_for, segment_id
 from sonalign.utils.hashing import HashMemo
@@ -565,12 +565,3 @@ def _store_file(store: IndexStore, path: str, content_hash: str, res: FileResult
     taken.add(rid)
     return None
 
-
-def searcher_for_store(store: IndexStore, *, model: str | None = None, fusion_weight: float = 0.5) -> Searcher:
-    """Kept for callers of earlier versions: :meth:`Searcher.for_store`."""
-    return Searcher.for_store(store, model=model, fusion_weight=fusion_weight)
-
-
-def make_searcher(idx: str | Path, *, model: str | None = None, fusion_weight: float = 0.5) -> Searcher:
-    """Kept for callers of earlier versions: :meth:`Searcher.open`."""
-    return Searcher.open(idx, model=model, fusion_weight=fusion_weight)

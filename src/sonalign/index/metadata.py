@@ -349,10 +349,6 @@ class MetadataDB:
                 cur = self.conn.execute("SELECT row_id FROM extra_vectors WHERE name=? ORDER BY row_id", (name,))
             return np.fromiter((r[0] for r in cur), dtype=np.int64)
 
-    def extra_names(self) -> list[str]:
-        with self._guard():
-            return [r[0] for r in self.conn.execute("SELECT DISTINCT name FROM extra_vectors ORDER BY name")]
-
     def iter_vectors(
         self, dim: int, name: str | None = None, row_ids: Iterable[int] | None = None, batch: int = 20_000, after: int = -1
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -425,11 +421,6 @@ class MetadataDB:
             else:
                 sql = "SELECT s.row_id FROM segments s JOIN recordings r ON r.id=s.recording_id WHERE instr(r.path, ?) > 0"
             return np.fromiter((r[0] for r in self.conn.execute(sql, (pattern,))), dtype=np.int64)
-
-    def list_recordings(self, limit: int = 100, offset: int = 0) -> list[RecordingRow]:
-        with self._guard():
-            rows = self.conn.execute(_REC_SELECT + " ORDER BY path LIMIT ? OFFSET ?", (limit, offset)).fetchall()
-        return [r for r in (_rec(x) for x in rows) if r is not None]
 
 
 _REC_SELECT = "SELECT id, path, content_hash, duration, sample_rate, indexed_at, custom FROM recordings"

@@ -29,7 +29,7 @@ import numpy as np
 
 from sonalign.errors import ConfigError
 from sonalign.index.store import IndexStore
-from sonalign.index.vectors import normalize
+from sonalign.index.validation import normalize
 
 MAX_QUERY_CHARS = 500
 MAX_K = 1000
@@ -167,18 +167,19 @@ class Searcher:
         return vec
 
     def _query_vectors(self, text: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-        main_index = self.store.index()
+        store = self.store
         q_main = None
-        if main_index is not None:
+        main_dim = store.vector_dim()
+        if main_dim is not None:
             q_main = self._embed("main", text)
-            if q_main.shape[0] != main_index.dim:
-                raise ConfigError(f"the text encoder gives {q_main.shape[0]}-d vectors but the index holds {main_index.dim}-d ones (model {self.store.model!r})")
+            if q_main.shape[0] != main_dim:
+                raise ConfigError(f"the text encoder gives {q_main.shape[0]}-d vectors but the index holds {main_dim}-d ones (model {store.model!r})")
         q_tr = None
-        tr_index = self.store.index(self.transcript_key)
-        if self.embed_text_for_transcripts is not None and tr_index is not None and self.fusion_weight > 0:
+        tr_dim = store.vector_dim(self.transcript_key)
+        if self.embed_text_for_transcripts is not None and tr_dim is not None and self.fusion_weight > 0:
             q_tr = self._embed("transcript", text)
-            if q_tr.shape[0] != tr_index.dim:
-                raise ConfigError(f"embed_text_for_transcripts gives {q_tr.shape[0]}-d vectors but transcript vectors are {tr_index.dim}-d")
+            if q_tr.shape[0] != tr_dim:
+                raise ConfigError(f"embed_text_for_transcripts gives {q_tr.shape[0]}-d vectors but transcript vectors are {tr_dim}-d")
         return q_main, q_tr
 
     # ------------------------------------------------------------------ search
@@ -210,38 +211,36 @@ class Searcher:
         if wave.size / int(sr) > self.max_audio_seconds:
             raise ValueError(f"audio query is too long ({wave.size / int(sr):.1f} s; at most {self.max_audio_seconds:g} s)")
         self.store.refresh()
-        main_index = self.store.index()
-        if main_index is None:
+        main_dim = self.store.vector_dim()
+        if main_dim is None:
             return []
         q = _one_vector(self.embed_audio(wave, int(sr)), "embed_audio")
-        if q.shape[0] != main_index.dim:
-            raise ConfigError(f"the audio encoder gives {q.shape[0]}-d vectors but the index holds {main_index.dim}-d ones")
+        if q.shape[0] != main_dim:
+            raise ConfigError(f"the audio encoder gives {q.shape[0]}-d vectors but the index holds {main_dim}-d ones")
         return self._search(q, None, k, group_by_file, path_filter)
 
     def _search(self, q_main: np.ndarray | None, q_tr: np.ndarray | None, k: int, group_by_file: bool, path_filter: str | None) -> list[Hit]:
         store = self.store
-        main_index = store.index()
-        if main_index is None or q_main is None or main_index.ntotal == 0:
+        total = store.vector_count()
+        if q_main is None or total == 0:
             return []
         allowed = None
         if path_filter is not None and path_filter != "":
             allowed = store.row_ids_for_path(path_filter)
             if allowed.size == 0:
                 return []
-        tr_index = store.index(self.transcript_key) if q_tr is not None else None
-        w = self.fusion_weight if tr_index is not None else 0.0
-        total = main_index.ntotal if allowed is None else int(allowed.size)
+        w = self.fusion_weight if q_tr is not None and store.vector_dim(self.transcript_key) is not None else 0.0
+        total = total if allowed is None else int(allowed.size)
         fetch = k if not group_by_file else k * 4
         if w > 0:
             fetch = max(fetch * 2, 50)
         while True:
             fetch = min(fetch, max(total, 1))
-            scored = self._candidates(q_main, q_tr, tr_index, w, fetch, allowed)
+            scored = self._candidates(q_main, q_tr if w > 0 else None, w, fetch, allowed)
             rows = store.segments(list(scored))
             ranked = sorted(((s, rid) for rid, s in scored.items() if rid in rows), key=lambda t: (-t[0][0], t[1]))
             if not group_by_file:
-                hits = [self._hit(rows[rid], s) for s, rid in ranked[:k]]
-                return hits
+                return [self._hit(rows[rid], s) for s, rid in ranked[:k]]
             best: dict[str, Hit] = {}
             for s, rid in ranked:
                 row = rows[rid]
@@ -253,32 +252,18 @@ class Searcher:
                 return list(best.values())
             fetch *= 4
 
-    def _candidates(
-        self, q_main: np.ndarray, q_tr: np.ndarray | None, tr_index: Any, w: float, fetch: int, allowed: np.ndarray | None
-    ) -> dict[int, tuple[float, float | None, float | None]]:
-        """``{row_id: (fused, acoustic, transcript)}`` for the union of both indexes' top ``fetch``."""
+    def _candidates(self, q_main: np.ndarray, q_tr: np.ndarray | None, w: float, fetch: int,
+                    allowed: np.ndarray | None) -> dict[int, tuple[float, float | None, float | None]]:
+        """``{row_id: (fused, acoustic, transcript)}`` for the union of both kinds' top ``fetch``."""
         store = self.store
-        scores, ids = store.index().search(q_main[None, :], fetch, allowed_ids=allowed)
-        acoustic = {int(i): float(s) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0}
+        acoustic = store.nearest(None, q_main, fetch, allowed)
         transcript: dict[int, float] = {}
-        if w > 0 and tr_index is not None and tr_index.ntotal:
-            t_scores, t_ids = tr_index.search(q_tr[None, :], min(fetch, tr_index.ntotal), allowed_ids=allowed)
-            transcript = {int(i): float(s) for s, i in zip(t_scores[0], t_ids[0], strict=True) if i >= 0}
-            # Exact similarities for candidates found by only one of the two indexes.
-            need_a = [i for i in transcript if i not in acoustic]
-            if need_a:
-                got, vecs = store.vectors(need_a)
-                acoustic.update({int(i): float(s) for i, s in zip(got, vecs @ q_main, strict=True)})
-            need_t = [i for i in acoustic if i not in transcript]
-            if need_t:
-                got, vecs = store.vectors(need_t, self.transcript_key)
-                transcript.update({int(i): float(s) for i, s in zip(got, vecs @ q_tr, strict=True)})
-        out = {}
-        for rid, a in acoustic.items():
-            t = transcript.get(rid)
-            fused = a if t is None else (1.0 - w) * a + w * t
-            out[rid] = (fused, a, t)
-        return out
+        if q_tr is not None and store.vector_count(self.transcript_key):
+            transcript = store.nearest(self.transcript_key, q_tr, fetch, allowed)
+            # Exact similarities for candidates found by only one of the two kinds.
+            acoustic.update(store.similarities(None, [i for i in transcript if i not in acoustic], q_main))
+            transcript.update(store.similarities(self.transcript_key, [i for i in acoustic if i not in transcript], q_tr))
+        return {rid: (fuse(a, transcript.get(rid), w), a, transcript.get(rid)) for rid, a in acoustic.items()}
 
     def _hit(self, row: Any, scored: tuple[float, float | None, float | None]) -> Hit:
         fused, acoustic, transcript = scored
@@ -313,23 +298,16 @@ class Searcher:
         if not rows:
             return []
         q_main, q_tr = self._query_vectors(text)
-        row_ids = np.array([r.row_id for r in rows], np.int64)
-        got, vecs = store.vectors(row_ids)
-        acoustic = dict(zip(got.tolist(), (vecs @ q_main).tolist(), strict=True)) if q_main is not None else {}
-        transcript: dict[int, float] = {}
-        w = 0.0
-        if q_tr is not None:
-            got_t, vecs_t = store.vectors(row_ids, self.transcript_key)
-            transcript = dict(zip(got_t.tolist(), (vecs_t @ q_tr).tolist(), strict=True))
-            w = self.fusion_weight
-        out = []
-        for r in rows:
-            a = acoustic.get(r.row_id)
-            if a is None:
-                continue
-            t = transcript.get(r.row_id)
-            out.append((r.start, r.end, a if t is None else (1 - w) * a + w * t))
-        return out
+        row_ids = [r.row_id for r in rows]
+        acoustic = store.similarities(None, row_ids, q_main) if q_main is not None else {}
+        transcript = store.similarities(self.transcript_key, row_ids, q_tr) if q_tr is not None else {}
+        w = self.fusion_weight if q_tr is not None else 0.0
+        return [(r.start, r.end, fuse(acoustic[r.row_id], transcript.get(r.row_id), w)) for r in rows if r.row_id in acoustic]
+
+
+def fuse(acoustic: float, transcript: float | None, weight: float) -> float:
+    """A segment's score: ``acoustic``, or with a transcript ``(1 - weight) * acoustic + weight * transcript``."""
+    return acoustic if transcript is None else (1.0 - weight) * acoustic + weight * transcript
 
 
 def _one_vector(out: Any, what: str) -> np.ndarray:
@@ -343,4 +321,4 @@ def _one_vector(out: Any, what: str) -> np.ndarray:
     return normalize(arr)[0]
 
 
-__all__ = ["Hit", "MAX_K", "MAX_QUERY_CHARS", "Searcher", "TRANSCRIPT", "TRANSCRIPT_ENCODER", "validate_k", "validate_query"]
+__all__ = ["Hit", "MAX_K", "MAX_QUERY_CHARS", "Searcher", "TRANSCRIPT", "TRANSCRIPT_ENCODER", "fuse", "validate_k", "validate_query"]

@@ -11,44 +11,38 @@ tombstones exceed ``compact_ratio`` of the slots the graph is rebuilt from the l
 (:meth:`FaissIndex.compact`). Tombstones live in the id map, so they are saved in the same file.
 
 Concurrency: searches share a read lock, changes take the write lock. :meth:`FaissIndex.update`
-removes and adds in one step, so a search sees all of a change or none of it; a change that would
-rebuild the index (switch to HNSW, compaction) can instead be made on a copy
-(:meth:`FaissIndex.updated_copy`) while searches go on in the original.
+removes and adds in one step, so a search sees all of a change or none of it; :meth:`FaissIndex.apply`
+(the store's entry point) makes a change that would rebuild the index (switch to HNSW, compaction) on
+a copy instead (:meth:`FaissIndex.updated_copy`), while searches go on in the original.
 
-Files: :meth:`FaissIndex.save` writes the faiss index to a temporary file, appends a small footer
-(magic, JSON tag, payload size and CRC-32), fsyncs and ``os.replace`` s it over the target, so a reader
-sees the old file or the new one, never a torn one. The footer carries a caller's tag (the store puts
-its generation number there) and lets :meth:`FaissIndex.load` reject a damaged file with
-:class:`~sonalign.errors.IndexCorruptError` before faiss ever parses it. faiss ignores trailing bytes,
-so the file stays readable by ``faiss.read_index``.
+Files: :meth:`FaissIndex.save` / :meth:`FaissIndex.load` write and read atomically written files with
+a checksummed footer carrying a caller's tag (see :mod:`sonalign.index.vector_file`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import struct
 import threading
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import Any
 
 import faiss
 import numpy as np
 
-from sonalign.errors import IndexCorruptError, StorageError
-from sonalign.utils.atomic import atomic_path
+from sonalign.errors import IndexCorruptError
+from sonalign.index.backend import no_hits, padded
+from sonalign.index.validation import ID_LIMIT, as_ids, check_additions, check_queries, normalize
+from sonalign.index.vector_file import read_index_file, write_index_file
 
 #: Switch from exact search to HNSW at this many vectors.
 DEFAULT_HNSW_THRESHOLD = 50_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
-#: efSearch of the HNSW graph; chosen by ``bench/search.py`` for recall@10 >= 0.98 against exact search
-#: on 100k random 256-d vectors (random vectors are the hard case: real embeddings cluster).
+#: efSearch of the HNSW graph, chosen with ``bench/search.py`` (recall@10 against exact search on
+#: random vectors, the hard case: real embeddings cluster).
 DEFAULT_EF_SEARCH = 128
-#: Above this many vectors the automatic efSearch doubles: on 1M structured vectors efSearch 128
-#: gave recall@10 0.964 and 256 gave 0.995 (bench/search.py), so a larger graph needs a wider search.
+#: Above this many vectors the automatic efSearch doubles: a larger graph needs a wider search for
+#: the same recall (``bench/search.py``, docs/performance.md).
 LARGE_INDEX = 200_000
 LARGE_EF_SEARCH = 256
 #: Rebuild the HNSW graph once this share of its slots are tombstones.
@@ -58,43 +52,8 @@ DEFAULT_COMPACT_RATIO = 0.2
 BRUTE_FORCE_MAX = 50_000
 #: Searches of at most this many queries run on one OpenMP thread (of the calling thread only: the
 #: thread count is a per-thread OpenMP setting). Waking a team of threads for one query costs more
-#: than the query, and far more on a busy machine (measured: 0.7 ms -> 20 ms p50 on 2 loaded cores).
+#: than the query, and far more on a busy machine.
 SMALL_BATCH = 4
-
-_FOOTER_MAGIC = b"SONALIGNVEC1"
-_FOOTER_TAIL = struct.Struct("<QQ12s")  # payload size, json length, magic
-_ID_LIMIT = 2**62
-
-
-@runtime_checkable
-class VectorIndex(Protocol):
-    """What the store and the searcher need from a vector index."""
-
-    dim: int
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
-
-    def remove(self, ids: np.ndarray) -> int: ...
-
-    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
-
-    @property
-    def ntotal(self) -> int: ...
-
-    def save(self, path: str | Path, tag: dict[str, Any] | None = None) -> None: ...
-
-    @classmethod
-    def load(cls, path: str | Path, **options: Any) -> "VectorIndex": ...
-
-
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation into a new C-contiguous float32 array; zero rows stay zero."""
-    out = np.array(vectors, dtype=np.float32, copy=True, order="C")
-    if out.ndim == 1:
-        out = out[None, :]
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    np.divide(out, norms, out=out, where=norms > 0)
-    return out
 
 
 class _RWLock:
@@ -138,24 +97,6 @@ class _Guard:
             c.notify_all()
 
 
-def check_queries(queries: np.ndarray, dim: int, k: int) -> tuple[np.ndarray, int]:
-    """Validate a search request: ``(nq, dim)`` (or ``(dim,)``) finite queries and ``k >= 1``.
-
-    Returns the L2-normalised ``(nq, dim)`` queries and ``k`` as an int; shared by every backend.
-    """
-    q = np.asarray(queries)
-    if q.ndim == 1:
-        q = q[None, :]
-    if q.ndim != 2 or q.shape[1] != dim:
-        raise ValueError(f"queries must have shape (nq, {dim}), got {np.asarray(queries).shape}")
-    k = int(k)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if not np.isfinite(q).all():
-        raise ValueError("queries contain NaN or infinite values")
-    return normalize(q), k
-
-
 class FaissIndex:
     """Inner-product index over normalised vectors; flat below ``hnsw_threshold`` vectors, HNSW above.
 
@@ -184,6 +125,7 @@ class FaissIndex:
         self._ef_search = None if ef_search is None else int(ef_search)
         self.compact_ratio = float(compact_ratio)
         self.tag: dict[str, Any] | None = None
+        # Readers' refresh changes an index in place while server threads search it (see IndexStore.refresh).
         self._lock = _RWLock()
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         self._kind = "flat"
@@ -244,8 +186,8 @@ class FaissIndex:
     def update(self, remove: Iterable[int] | np.ndarray, add_ids: Iterable[int] | np.ndarray = (), add_vectors: np.ndarray | None = None) -> int:
         """Remove ``remove`` (unknown ids are ignored), then add ``add_vectors`` under ``add_ids``, as one
         change: a concurrent search sees all of it or none of it. Returns how many ids were removed."""
-        removed = _as_ids(remove)
-        ids, x = self._check_new(add_ids, add_vectors)
+        removed = as_ids(remove)
+        ids, x = check_additions(add_ids, add_vectors, self.dim)
         if ids.size == 0 and (removed.size == 0 or self.ntotal == 0):
             return 0
         with self._lock.write():
@@ -268,33 +210,24 @@ class FaissIndex:
     def updated_copy(self, remove: Iterable[int] | np.ndarray, add_ids: Iterable[int] | np.ndarray = (), add_vectors: np.ndarray | None = None) -> "FaissIndex":
         """A new index holding this one's vectors less ``remove`` plus the added ones, built while
         searches go on in this one (which is left as it is)."""
-        ids, x = self._check_new(add_ids, add_vectors)
+        ids, x = check_additions(add_ids, add_vectors, self.dim)
         with self._lock.read():
             live_ids, live_x = self._live()
-        keep = ~np.isin(live_ids, _as_ids(remove))
+        keep = ~np.isin(live_ids, as_ids(remove))
         copy = FaissIndex(self.dim, hnsw_threshold=self.hnsw_threshold, ef_search=self._ef_search, m=self.m, ef_construction=self.ef_construction,
                           compact_ratio=self.compact_ratio)
         copy.add(np.concatenate([live_ids[keep], ids]), np.concatenate([live_x[keep], x]))
         copy._max_id = max(copy._max_id, self._max_id)
         return copy
 
-    def _check_new(self, ids: Iterable[int] | np.ndarray, vectors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Validate ids and vectors to add; returns the ids and the normalised vectors."""
-        ids = _as_ids(ids)
-        vectors = np.zeros((0, self.dim), np.float32) if vectors is None else np.asarray(vectors)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise ValueError(f"vectors must have shape (n, {self.dim}), got {vectors.shape}")
-        if vectors.shape[0] != ids.shape[0]:
-            raise ValueError(f"{ids.shape[0]} ids for {vectors.shape[0]} vectors")
-        if ids.size == 0:
-            return ids, vectors.astype(np.float32, copy=False)
-        if not np.isfinite(vectors).all():
-            raise ValueError("vectors contain NaN or infinite values")
-        if ids.min() < 0 or ids.max() >= _ID_LIMIT:
-            raise ValueError("ids must be in 0 .. 2**62")
-        if np.unique(ids).size != ids.size:
-            raise ValueError("duplicate ids in one add()")
-        return ids, normalize(vectors)
+    def apply(self, remove: Iterable[int] | np.ndarray, add_ids: Iterable[int] | np.ndarray = (), add_vectors: np.ndarray | None = None) -> "FaissIndex":
+        """:meth:`update`, or, when that would rebuild the index, :meth:`updated_copy`: returns the index
+        that holds the change (this one, or the copy)."""
+        remove, n_add = as_ids(remove), len(as_ids(add_ids))
+        if (remove.size or n_add) and self.would_rebuild(remove.size, n_add):
+            return self.updated_copy(remove, add_ids, add_vectors)
+        self.update(remove, add_ids, add_vectors)
+        return self
 
     def _add_locked(self, ids: np.ndarray, x: np.ndarray) -> None:
         if self._switches_to_hnsw(self.ntotal + ids.size):
@@ -394,7 +327,7 @@ class FaissIndex:
 
     def reconstruct(self, ids: Iterable[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(found_ids, vectors)`` for those of ``ids`` that are in the index (normalised vectors)."""
-        ids = _as_ids(ids)
+        ids = as_ids(ids)
         with self._lock.read():
             return self._reconstruct_locked(ids)
 
@@ -426,12 +359,12 @@ class FaissIndex:
         with self._lock.read():
             n_live = self.ntotal
             if n_live == 0:
-                return _empty(nq, k)
+                return no_hits(nq, k)
             if allowed_ids is not None:
-                allowed = np.unique(_as_ids(allowed_ids))
+                allowed = np.unique(as_ids(allowed_ids))
                 allowed = allowed[self._contains(allowed)] if allowed.size else allowed
                 if allowed.size == 0:
-                    return _empty(nq, k)
+                    return no_hits(nq, k)
                 if self._kind == "hnsw" and allowed.size <= BRUTE_FORCE_MAX:
                     return self._brute_force(q, k, allowed)
                 kk = min(k, int(allowed.size))
@@ -442,9 +375,9 @@ class FaissIndex:
                 scores, labels = self._index.search(q, kk, params=self._params(sel, ef))
             else:
                 kk = min(k, n_live)
-                sel = faiss.IDSelectorRange(0, _ID_LIMIT) if self._tombstones else None
+                sel = faiss.IDSelectorRange(0, ID_LIMIT) if self._tombstones else None
                 scores, labels = self._index.search(q, kk, params=self._params(sel, max(self.ef_search, kk)))
-        return _pad(scores, labels, k)
+        return padded(scores, labels, k)
 
     def _params(self, sel: Any, ef: int) -> Any:
         if self._kind == "hnsw":
@@ -465,27 +398,13 @@ class FaissIndex:
         top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
         top_scores = np.take_along_axis(sims, top, axis=1)
         order = np.argsort(-top_scores, axis=1, kind="stable")
-        return _pad(np.take_along_axis(top_scores, order, axis=1), ids[np.take_along_axis(top, order, axis=1)], k)
+        return padded(np.take_along_axis(top_scores, order, axis=1), ids[np.take_along_axis(top, order, axis=1)], k)
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path, tag: dict[str, Any] | None = None) -> None:
         """Write atomically (temp file + fsync + os.replace) with a checksummed footer holding ``tag``."""
-        path = Path(path)
         with self._lock.read():
-            with atomic_path(path) as tmp:
-                try:
-                    faiss.write_index(self._index, str(tmp))
-                except RuntimeError as exc:  # faiss reports a failed write (disk full, I/O error) as a C++ RuntimeError
-                    detail = str(exc).strip().splitlines()[-1][-200:] if str(exc).strip() else type(exc).__name__
-                    raise StorageError(f"{path}: could not write the vector index ({detail}); check the free disk space and run again "
-                                       "(what was committed is kept)") from None
-                size = tmp.stat().st_size
-                with open(tmp, "rb") as handle:
-                    crc = _crc32(handle, size)
-                header = json.dumps({"tag": tag or {}, "crc32": crc, "kind": self._kind, "dim": self.dim}).encode("utf-8")
-                with open(tmp, "ab") as handle:
-                    handle.write(header)
-                    handle.write(_FOOTER_TAIL.pack(size, len(header), _FOOTER_MAGIC))
+            write_index_file(self._index, path, {"tag": tag or {}, "kind": self._kind, "dim": self.dim})
         self.tag = dict(tag or {})
 
     @classmethod
@@ -495,23 +414,7 @@ class FaissIndex:
         Raises :class:`IndexCorruptError` naming the file when it is truncated, damaged or of another kind.
         """
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such vector index file")
-        # One open file for footer, checksum and faiss: a writer's os.replace() in between cannot mix
-        # two versions (faiss reads the same inode through /proc/self/fd).
-        with open(path, "rb") as handle:
-            footer = _read_footer(handle)
-            if footer is None and require_footer:
-                raise IndexCorruptError(f"{path}: truncated or not a sonalign vector index (no footer)")
-            if footer is not None:
-                size, meta = footer
-                if _crc32(handle, size) != meta.get("crc32"):
-                    raise IndexCorruptError(f"{path}: vector index is damaged (checksum mismatch)")
-            same_file = f"/proc/self/fd/{handle.fileno()}"
-            try:
-                index = faiss.read_index(same_file if os.path.exists(same_file) else str(path))
-            except Exception as exc:  # faiss raises RuntimeError with a C++ trace
-                raise IndexCorruptError(f"{path}: unreadable vector index ({str(exc).splitlines()[-1][-160:]})") from None
+        index, footer = read_index_file(path, require_footer=require_footer)
         if not isinstance(index, faiss.IndexIDMap2):
             raise IndexCorruptError(f"{path}: not an IndexIDMap2 vector index ({type(index).__name__})")
         inner = faiss.downcast_index(index.index)
@@ -534,79 +437,8 @@ class FaissIndex:
             raise IndexCorruptError(f"{path}: id map holds {id_map.size} ids for {index.ntotal} vectors")
         self._tombstones = int((id_map < 0).sum())
         self._max_id = int(id_map.max()) if id_map.size else -1
-        self.tag = footer[1].get("tag", {}) if footer else None
+        self.tag = footer.get("tag", {}) if footer else None
         return self
 
 
-def _as_ids(ids: Iterable[int] | np.ndarray) -> np.ndarray:
-    arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
-    if arr.size == 0:
-        return np.zeros(0, np.int64)
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"ids must be a 1-d integer array, got {arr.dtype} {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
-
-
-def _empty(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
-
-
-def _pad(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, np.float32)
-    labels = np.asarray(labels, np.int64)
-    scores = np.where(labels < 0, -np.inf, scores).astype(np.float32)
-    if labels.shape[1] < k:
-        extra = k - labels.shape[1]
-        scores = np.concatenate([scores, np.full((labels.shape[0], extra), -np.inf, np.float32)], axis=1)
-        labels = np.concatenate([labels, np.full((labels.shape[0], extra), -1, np.int64)], axis=1)
-    return scores, labels
-
-
-def _crc32(handle: BinaryIO, size: int, chunk: int = 16 << 20) -> int:
-    handle.seek(0)
-    crc, left = 0, size
-    while left > 0:
-        block = handle.read(min(chunk, left))
-        if not block:
-            break
-        crc = zlib.crc32(block, crc)
-        left -= len(block)
-    return crc
-
-
-def _read_footer(handle: BinaryIO) -> tuple[int, dict[str, Any]] | None:
-    total = os.fstat(handle.fileno()).st_size
-    if total < _FOOTER_TAIL.size:
-        return None
-    handle.seek(total - _FOOTER_TAIL.size)
-    size, json_len, magic = _FOOTER_TAIL.unpack(handle.read(_FOOTER_TAIL.size))
-    if magic != _FOOTER_MAGIC or size + json_len + _FOOTER_TAIL.size != total:
-        return None
-    handle.seek(size)
-    try:
-        meta = json.loads(handle.read(json_len).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return (int(size), meta) if isinstance(meta, dict) else None
-
-
-def file_tag(path: str | Path) -> dict[str, Any] | None:
-    """The tag saved in a vector file's footer, without loading the index (None if absent/damaged)."""
-    try:
-        with open(path, "rb") as handle:
-            footer = _read_footer(handle)
-    except FileNotFoundError:
-        return None
-    return footer[1].get("tag") if footer else None
-
-
-__all__ = [
-    "BRUTE_FORCE_MAX",
-    "SMALL_BATCH",
-    "DEFAULT_EF_SEARCH",
-    "DEFAULT_HNSW_THRESHOLD",
-    "FaissIndex",
-    "VectorIndex",
-    "file_tag",
-    "normalize",
-]
+__all__ = ["BRUTE_FORCE_MAX", "DEFAULT_EF_SEARCH", "DEFAULT_HNSW_THRESHOLD", "SMALL_BATCH", "FaissIndex", "normalize"]

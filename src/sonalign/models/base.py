@@ -14,23 +14,38 @@ audio_segments        (B, S, Da)     one pooled embedding per segment/window of 
 audio_segments_mask   (B, S)
 audio_frames          (B, T, Da)     frame sequence (all windows' frames, in time order)
 audio_frames_mask     (B, T)
+audio_frames_block2   (B, T, D2)     aisfx conv block 2 / 3 outputs on the same frames (max
+audio_frames_block3   (B, T, D3)     over the block's time pairs, mean over frequency); mask
+                                     ``audio_frames_mask``; cached only with ``with_levels``
 audio_mel             (B, T, M)      log-mel frames (CALM/SpecTran only), M mel bins
 audio_mel_mask        (B, T)
 text_embedding        (B, Dt)        pooled sentence embedding of the caption
 text_tokens           (B, L, Dt)     token states of the caption
 text_tokens_mask      (B, L)
+text_tokens_layer2    (B, L, Dt)     MiniLM hidden states after layer 2 / 4 of 6, same tokens
+text_tokens_layer4    (B, L, Dt)     (mask ``text_tokens_mask``); cached only with ``with_levels``
 text_segments         (B, S', Dt)    one embedding per sentence of the text
 text_segments_mask    (B, S')
 labels                (B,)           int class ids (classification sets, CALM emotion head)
 groups                (B,)           int: rows with equal ids are positives of each other
                                      (same class or same caption); contrastive losses use it
+text_from_label       (B,)           bool: the row's text was rendered from its class label
+                                     (a prompt, not a caption or transcript): a classifier
+                                     head must never read it, it carries the answer
 ===================== ============== ===================================================
 
 ``encode_audio`` / ``encode_text`` return dicts whose ``"embedding"`` is (B, E), L2-normalised,
 usable in a flat vector index. ``similarity(a, t)`` takes two such dicts and returns an (Na, Nt)
 score matrix; the default is the cosine matrix, methods with richer matching (HADE's
 confidence-weighted factor pairs, MGA-CLAP's frame-level scores) override it. ``forward(batch)``
-returns ``{"audio": ..., "text": ..., "loss": scalar, "losses": {name: scalar}}``.
+returns ``{"audio": ..., "text": ..., "loss": scalar, "losses": {name: scalar}}``: ``loss`` is the
+sum of ``compute_loss``'s terms; ``losses`` holds those terms plus, under names starting with
+``diag_``, the detached values of ``diagnostics()`` (e.g. MGA-CLAP's codebook support size), which
+the trainer logs per epoch like the loss terms but which never enter ``loss`` or its gradient.
+
+Models with a classifier head (CALM's emotion head, HILBERT's document classifier) expose
+``classify(batch) -> logits`` on audio-only batches and set ``probe_output`` to the encode-output
+key the evaluator's linear probe reads (default ``"embedding"``).
 """
 
 from __future__ import annotations
@@ -48,6 +63,10 @@ class AlignmentModel(nn.Module):
     required_inputs: tuple[str, ...] = ("audio_embedding", "text_embedding")
     #: Keys used when present (e.g. ``labels`` for a classifier head).
     optional_inputs: tuple[str, ...] = ()
+    #: Prefix of diagnostic entries in ``forward()["losses"]`` (detached, not part of the loss).
+    DIAGNOSTIC_PREFIX = "diag_"
+    #: ``encode_audio`` output the evaluator's linear probe reads.
+    probe_output = "embedding"
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
@@ -68,9 +87,17 @@ class AlignmentModel(nn.Module):
         """Return named loss terms (already weighted); their sum is the training loss."""
         raise NotImplementedError
 
+    def diagnostics(
+        self, audio: dict[str, torch.Tensor], text: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Scalars worth logging per epoch that are not loss terms (default: none)."""
+        return {}
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         audio = self.encode_audio(batch)
         text = self.encode_text(batch)
         losses = self.compute_loss(audio, text, batch)
         total = torch.stack([v for v in losses.values()]).sum()
-        return {"audio": audio, "text": text, "loss": total, "losses": losses}
+        with torch.no_grad():
+            diagnostics = {f"{self.DIAGNOSTIC_PREFIX}{k}": v.detach().reshape(()).to(total.dtype) for k, v in self.diagnostics(audio, text, batch).items()}
+        return {"audio": audio, "text": text, "loss": total, "losses": {**losses, **diagnostics}}

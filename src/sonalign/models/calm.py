@@ -9,7 +9,8 @@ How the implementation maps to the paper:
   time x mel patches, linear patch embedding, positions, CLS token, transformer encoder.
 * **CALP** (contrastive audio-language pre-training): InfoNCE between SpecTran's CLS embedding
   (projected) and the frozen sentence embedding ``text_embedding`` (projected) -- both land in one
-  joint space. This space is what ``encode_audio``/``encode_text`` return as ``"embedding"``, so
+  joint space. Rows of one positive group (``groups``: same class or caption) are positives of
+  each other. This space is what ``encode_audio``/``encode_text`` return as ``"embedding"``, so
   audio-text retrieval and the vector index work on it.
 * **Multimodal transformer**: a CLS token, SpecTran's patch outputs (audio tokens, modality type 0)
   and the lexical tokens (``text_tokens`` linearly projected, modality type 1) go through a joint
@@ -25,9 +26,21 @@ How the implementation maps to the paper:
   fraction of lexical token states is masked at the multimodal input and regressed. Lexical MLM
   over a vocabulary is impossible without token ids. In eval mode the masked positions are a fixed
   stride, so validation losses are deterministic.
-* **Emotion classifier**: a linear head (``num_classes``, default 7) on the CALM embedding, trained
-  with cross-entropy when ``labels`` is in the batch (``optional_inputs``); ``classify(batch)``
-  returns its logits, using lexical tokens when the batch has them and audio alone otherwise.
+* **Lexical input = real text only.** The paper's lexical stream is the utterance's transcript.
+  On label-only data sets the caption is a prompt rendered from the class label ("a person
+  speaking with anger"; batch key ``text_from_label``): such rows get *no* lexical tokens in the
+  multimodal transformer (their lexical part is masked out, as for audio without a transcript),
+  so neither the masked lexical modelling nor anything else trains on prompt tokens there.
+* **Emotion classifier**: a linear head (``num_classes``, default 7) on the **audio-only** CALM
+  embedding (the multimodal transformer over CLS + audio tokens), trained with cross-entropy when
+  ``labels`` is in the batch (``optional_inputs``); ``classify(batch)`` returns its logits from the
+  audio alone, whatever text the batch holds. Deviation from the paper, whose emotion classifier
+  reads audio *and* the transcript's lexical tokens: here a caption in the batch may be the label's
+  own prompt, and a head fed that prompt learns to read the answer from it (trained that way, it
+  followed the prompt and ignored the audio); the evaluator also gives the head audio alone. So the
+  head is trained and evaluated on exactly what it will see: audio. The evaluator's linear probe
+  reads the same CALM embedding (``probe_output = "calm_embedding"``), as the paper's downstream
+  tasks do.
 
 ``encode_audio`` reads audio only. It returns the CALP embedding and also ``"calm_embedding"``: the
 multimodal transformer run on the audio tokens alone (the lexical part of the sequence is simply
@@ -62,8 +75,10 @@ class CALM(AlignmentModel):
     """SpecTran + CALP + multimodal transformer + emotion head."""
 
     required_inputs = ("audio_mel", "text_embedding", "text_tokens")
-    #: Read when present (the emotion head's targets).
-    optional_inputs = ("labels",)
+    #: Read when present: the emotion head's targets, positive groups, which texts are label prompts.
+    optional_inputs = ("labels", "groups", "text_from_label")
+    #: The evaluator's linear probe reads the CALM embedding, as the paper's downstream tasks do.
+    probe_output = "calm_embedding"
 
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
@@ -119,13 +134,17 @@ class CALM(AlignmentModel):
     def encode_audio(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         st = self.spectran(batch["audio_mel"], batch.get("audio_mel_mask"))
         out = {"embedding": F.normalize(self.audio_proj(st["cls"]), dim=-1), "cls": st["cls"], "tokens": st["tokens"], "tokens_mask": st["tokens_mask"]}
-        out["calm_embedding"] = F.normalize(self.calm_embedding(out), dim=-1)
+        raw = self.calm_embedding(out)  # audio only: CLS + audio tokens
+        out["calm_embedding"], out["calm_raw"] = F.normalize(raw, dim=-1), raw
         return out
 
     def _lexical(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Projected lexical tokens; rows whose text is a label prompt (``text_from_label``) get none."""
         tokens = batch["text_tokens"]
         mask = batch.get("text_tokens_mask")
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device) if mask is None else mask.bool()
+        if "text_from_label" in batch:
+            mask = mask & ~batch["text_from_label"].bool().to(mask.device)[:, None]
         return {"tokens": zero_padded(self.lexical_proj(tokens), mask), "tokens_mask": mask, "raw_tokens": tokens}
 
     def encode_text(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -135,12 +154,11 @@ class CALM(AlignmentModel):
         return out
 
     def classify(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Emotion logits (B, num_classes) from audio (+ lexical tokens when the batch has ``text_tokens``)."""
+        """Emotion logits (B, num_classes) from the audio-only CALM embedding (text in the batch is ignored)."""
         if self.classifier is None:
             raise RuntimeError("calm: this model was built with use_classifier=false")
         st = self.spectran(batch["audio_mel"], batch.get("audio_mel_mask"))
-        text = self._lexical(batch) if self.use_multimodal and "text_tokens" in batch else None
-        return self.classifier(self.calm_embedding(st, text))
+        return self.classifier(self.calm_embedding(st))
 
     # ---------------------------------------------------------------------------------------- losses
     def _choose_masked(self, valid: torch.Tensor) -> torch.Tensor:
@@ -188,11 +206,11 @@ class CALM(AlignmentModel):
         w = self.weights
         losses: dict[str, torch.Tensor] = {}
         if w["calp"] > 0:
-            losses["calp"] = w["calp"] * self.calp_loss(audio["embedding"], text["embedding"])
+            losses["calp"] = w["calp"] * self.calp_loss(audio["embedding"], text["embedding"], batch.get("groups"))
         if self.use_multimodal and w["masked"] > 0:
             losses["masked"] = w["masked"] * self.masked_modelling_loss(batch, audio, text)
         if self.classifier is not None and w["classification"] > 0 and "labels" in batch:
-            logits = self.classifier(self.calm_embedding(audio, text))
+            logits = self.classifier(audio["calm_raw"])  # audio only: the caption may be the label's prompt
             losses["classification"] = w["classification"] * F.cross_entropy(logits, batch["labels"].long())
         if not losses:  # e.g. classification-only config on an unlabelled batch
             losses["calp"] = audio["embedding"].sum() * 0.0

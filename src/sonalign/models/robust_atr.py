@@ -5,17 +5,30 @@ via Cross-Modal Attention and Hybrid Loss", arXiv:2604.23323, 2026.
 
 Mapping to the paper:
 * Long audio is cut into silence-aware chunks upstream (the feature cache); each chunk's frozen
-  embedding is one row of ``audio_segments`` (B, S, Da). Text is the caption's token states
-  ``text_tokens`` (B, L, Dt) (a batch with only ``text_embedding`` is treated as one token).
+  embedding is one row of ``audio_segments`` (B, S, Da). The config asks for that segmentation
+  (``"features"``, read by the trainer and the benchmark; the cache's default is fixed 5 s
+  windows, which is not the paper's chunking): the ``energy`` segmenter, with its margin above the
+  noise floor capped at 6 dB (``max_margin_db``) and its absolute floor at -90 dBFS
+  (``min_level_db``). The segmenter's defaults are made for long recordings with background
+  between events; a short clip that is one continuous (or quiet) sound has no such background,
+  and with the defaults some nonverbal clips gave no chunk at all and would have left the
+  training and test sets (docs/results.md). Text is the caption's token states ``text_tokens`` (B, L, Dt) (a
+  batch with only ``text_embedding`` is treated as one token).
 * **Cross-modal embedding refinement** = *transformer-based projection* (linear input projection +
   a TransformerEncoder layer over the chunk / token sequence), a *linear mapping*, and
   *bidirectional attention*: audio attends to the caption's tokens and the caption to the audio
   chunks (see the retrieval-time design below for its exact form).
 * **Attention-based pooling** over chunks and tokens: additive attention with a learned query,
   masked (:class:`~sonalign.models.components.pooling.AttentivePooling`).
+* **Pooled residual** (``pooled_residual``, on by default; not in the paper, whose encoders are
+  fine-tuned end to end): the frozen encoders' own pooled vectors (``audio_embedding``,
+  ``text_embedding``) enter through the CLAP head and are added to the attentive pooling
+  (:mod:`~sonalign.models.components.residual`), so a few hundred training pairs do not have to
+  rediscover what the frozen pooling already gives.
 * **Hybrid loss** (:mod:`~sonalign.models.losses.hybrid`): w_cos (1 - cos) + w_l1 L1 + w_con
   InfoNCE; the pairwise terms do not depend on in-batch negatives, which is what keeps training
-  stable at small batch sizes (the paper's point; tested here at B = 8).
+  stable at small batch sizes (the paper's point; tested here at B = 8). The contrastive term
+  treats rows of one positive group (``groups``: same class or caption) as positives.
 
 Retrieval-time design (documented choice). Bidirectional attention needs both items of a pair,
 so it cannot be folded into an embedding computed from one modality alone. We therefore split
@@ -28,11 +41,15 @@ the model in two stages that share everything below the attention:
    cross-attention (:class:`~sonalign.models.components.cross_attention.PairwiseBiAttention`):
    the pooled audio vector attends over the caption's tokens, the pooled caption vector attends
    over the audio chunks (text-conditioned chunk selection, what matters for long noisy audio),
-   each result is added to a map of its own pooled vector, and the score is
-   ``cos(r_a(i|j), r_t(j|i))``. Attending from pooled vectors keeps the cost per pair linear in
-   the lengths, O(H (S + L) d_h), so all pairs can be scored: per-item projections are computed
-   once, then pairs are scored in blocks of bounded memory (``similarity_max_elements``).
-   1000 clips x 5000 captions (S = 32 chunks, L = 24 tokens, defaults) take about 40 CPU-seconds.
+   and the score compares modality with modality:
+   ``1/3 [cos(U_a a_i, tokens of j picked by a_i) + cos(chunks of i picked by t_j, U_t t_j) + cos(U_a a_i, U_t t_j)]``.
+   Every term pairs an audio-derived with a text-derived vector, so no part of the score depends
+   on one item alone (an earlier form, cos(own summary + attended other side, ...), contained
+   each item's score with itself, a per-item offset that made a few items rank high for every
+   query). This exact form is our design: the paper describes bidirectional attention and a
+   refined embedding, not the pair score. Attending from pooled vectors keeps the cost per pair
+   linear in the lengths, O(H (S + L) d_h), so all pairs can be scored: per-item projections are
+   computed once, then pairs are scored in blocks of bounded memory (``similarity_max_elements``).
    ``similarity="flat"``, or dicts without sequences (e.g. vectors read back from an index), give
    the plain cosine of the flat embeddings -- a fast first stage whose top hits ``similarity``
    can re-score.
@@ -55,6 +72,7 @@ from sonalign.errors import ConfigError
 from sonalign.models.base import AlignmentModel
 from sonalign.models.components.cross_attention import PairwiseBiAttention
 from sonalign.models.components.pooling import AttentivePooling
+from sonalign.models.components.residual import PooledResidual
 from sonalign.models.components.sequence import SequenceEncoder
 from sonalign.models.losses.hybrid import HybridLoss
 
@@ -79,8 +97,9 @@ DEFAULTS: dict[str, Any] = {
     "refined_weight": 1.0,
     "similarity": "refined",
     "similarity_max_elements": 1 << 24,
+    "pooled_residual": True,
 }
-_META_KEYS = {"method", "name", "description"}
+_META_KEYS = {"method", "name", "description", "features"}
 
 
 def _validate(config: dict[str, Any]) -> dict[str, Any]:
@@ -101,11 +120,17 @@ class RobustATR(AlignmentModel):
     """Chunk/token encoders with attentive pooling, pairwise bidirectional refinement and hybrid loss."""
 
     required_inputs = ("audio_segments", "text_tokens")
+    #: Read when present: positive groups for the contrastive terms.
+    optional_inputs = ("groups",)
 
     def __init__(self, config: dict[str, Any]):
         cfg = _validate(config)
         super().__init__(cfg)
         e, dropout = cfg["embed_dim"], cfg["dropout"]
+        self.residual: nn.ModuleDict | None = None
+        if cfg["pooled_residual"]:
+            self.required_inputs = ("audio_segments", "text_tokens", "audio_embedding", "text_embedding")
+            self.residual = nn.ModuleDict({"audio": PooledResidual(cfg["audio_dim"], e, dropout), "text": PooledResidual(cfg["text_dim"], e, dropout)})
         seq = dict(
             layers=cfg["transformer_layers"],
             heads=cfg["transformer_heads"],
@@ -129,15 +154,21 @@ class RobustATR(AlignmentModel):
 
     # ------------------------------------------------------------------ encoders
     def _encode(
-        self, x: torch.Tensor, mask: torch.Tensor | None, encoder: SequenceEncoder, mapping: nn.Linear, pool: AttentivePooling
+        self, x: torch.Tensor, mask: torch.Tensor | None, encoder: SequenceEncoder, mapping: nn.Linear, pool: AttentivePooling,
+        frozen: torch.Tensor | None, side: str,
     ) -> dict[str, torch.Tensor]:
         h, mask = encoder(x, mask)
         h = mapping(h)
         pooled, weights = pool(h, mask)
+        if self.residual is not None:
+            if frozen is None:
+                raise KeyError(f"robust_atr with pooled_residual needs '{side}_embedding' in the batch")
+            pooled = self.residual[side](pooled, frozen)
         return {"embedding": F.normalize(pooled, dim=-1), "pooled": pooled, "sequence": h, "mask": mask, "weights": weights}
 
     def encode_audio(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self._encode(batch["audio_segments"], batch.get("audio_segments_mask"), self.audio_encoder, self.audio_map, self.audio_pool)
+        return self._encode(batch["audio_segments"], batch.get("audio_segments_mask"), self.audio_encoder, self.audio_map, self.audio_pool,
+                            batch.get("audio_embedding"), "audio")
 
     def encode_text(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if "text_tokens" in batch:
@@ -146,7 +177,7 @@ class RobustATR(AlignmentModel):
             x, mask = batch["text_embedding"].unsqueeze(1), None
         else:
             raise KeyError("robust_atr needs 'text_tokens' (or 'text_embedding') in the batch")
-        return self._encode(x, mask, self.text_encoder, self.text_map, self.text_pool)
+        return self._encode(x, mask, self.text_encoder, self.text_map, self.text_pool, batch.get("text_embedding"), "text")
 
     # ------------------------------------------------------------------ scoring
     def _refinable(self, audio: dict[str, torch.Tensor], text: dict[str, torch.Tensor]) -> bool:
@@ -164,11 +195,12 @@ class RobustATR(AlignmentModel):
         self, audio: dict[str, torch.Tensor], text: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         cfg = self.config
-        losses = {f"flat_{k}": cfg["flat_weight"] * v for k, v in self.flat_loss(audio["embedding"], text["embedding"]).items()}
+        groups = batch.get("groups")
+        losses = {f"flat_{k}": cfg["flat_weight"] * v for k, v in self.flat_loss(audio["embedding"], text["embedding"], groups=groups).items()}
         if self.refine is not None:
-            r_a, r_t = self.refine.refine(audio, text, pairwise=True)  # (B, B, refine_dim): [i, j] = audio i, text j
-            scores = F.cosine_similarity(r_a, r_t, dim=-1)
-            idx = torch.arange(r_a.shape[0], device=r_a.device)
-            refined = self.refined_loss(r_a[idx, idx], r_t[idx, idx], scores)
+            x_a, x_t = self.refine.refine(audio, text, pairwise=True)  # audio / text views (B, B, 3 refine_dim): [i, j] = audio i, text j
+            scores = (x_a * x_t).sum(-1)  # unit views: their dot product is the pair score
+            idx = torch.arange(x_a.shape[0], device=x_a.device)
+            refined = self.refined_loss(x_a[idx, idx], x_t[idx, idx], scores, groups)
             losses.update({f"refined_{k}": cfg["refined_weight"] * v for k, v in refined.items()})
         return losses

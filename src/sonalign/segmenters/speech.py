@@ -5,13 +5,12 @@ package, loaded offline; onnxruntime is not needed).
    (32 ms) gets a speech probability from the recurrent model. The last partial window is
    zero-padded, as silero's ``get_speech_timestamps`` does. Only the probabilities (and window
    levels) are kept. The model is run on *streams* of 10.24 s (``STREAM_WINDOWS``), 32 streams per
-   batched call: one window at a time costs ~0.6 ms of interpreter overhead whatever the batch, so
-   a batch of 32 streams is 5-8x faster than one pass (measured: 185 s of speech and sounds, 1
-   core). The first stream of a file starts from a reset state, exactly like one pass over the
+   batched call: each call of the recurrent model has a fixed interpreter overhead whatever the
+   batch, so batched streams cost a fraction of one pass (docs/performance.md). The first stream of a file starts from a reset state, exactly like one pass over the
    file; every later stream starts from a reset state primed with the 1.02 s of audio before it
    (``WARMUP_WINDOWS``). Silero's state carries long context, so the probabilities differ from a
-   single pass (on that file 0.7% of the windows fall on the other side of 0.5); the segments
-   after post-processing are nearly the same (see ``tests/segmenters/test_speech.py``).
+   single pass (a small share of windows fall on the other side of 0.5); the segments after
+   post-processing are nearly the same (see ``tests/segmenters/test_speech.py``).
    :meth:`SpeechSegmenter.segment_waves` batches the streams of many short files together.
 2. Thresholds with hysteresis as in ``get_speech_timestamps``: speech starts where the probability
    reaches ``threshold`` (0.5) and continues until it drops below ``neg_threshold`` (default
@@ -25,10 +24,10 @@ package, loaded offline; onnxruntime is not needed).
    within ``split_search`` (1 s) of each near-equal cut.
 
 Deterministic: the model runs single-threaded (``torch.set_num_threads(1)`` for the duration of a
-file, restored afterwards; this is also ~10x faster than two threads on small CPUs) in inference
-mode on the plain TorchScript interpreter (no warm-up re-optimisation), state reset per file. One segmenter instance processes one file at a time (a lock).
-Speed: ~300x real time on one CPU core for long files (one sequential pass: ~50x). ``custom={"kind": "speech", "speech_prob": mean
-probability, "rms_db": level}``.
+file, restored afterwards; a small recurrent model gains nothing from a thread team) in inference
+mode on the plain TorchScript interpreter (no warm-up re-optimisation), state reset per file. One
+segmenter instance processes one file at a time (a lock). ``custom={"kind": "speech",
+"speech_prob": mean probability, "rms_db": level}``.
 """
 
 from __future__ import annotations

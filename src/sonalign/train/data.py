@@ -43,6 +43,8 @@ class PairedFeatures:
     template: str | None = None
     #: per text row: pairs with the same id are positives of each other (same label, else same text)
     groups: np.ndarray | None = None
+    #: per text row: True when the text was rendered from the clip's label with the template
+    text_from_label: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -58,7 +60,7 @@ def clip_texts(clip: Clip, template: str | None) -> list[str]:
 
 def build_paired(cache: FeatureCache, clips: list[Clip], template: str | None, label_names: list[str] | None = None) -> PairedFeatures:
     """Load cached audio features for ``clips`` and make sure every text (and sentence) is cached."""
-    texts, owner, kept, audio = [], [], [], []
+    texts, owner, kept, audio, from_label = [], [], [], [], []
     for clip in clips:
         h = cache.memo.hash(clip.audio)
         if not cache.has_audio(h):
@@ -70,6 +72,7 @@ def build_paired(cache: FeatureCache, clips: list[Clip], template: str | None, l
         for t in ctexts:
             texts.append(t)
             owner.append(len(kept))
+            from_label.append(not clip.texts)
         kept.append(clip)
     sentences = sorted({s for t in texts for s in split_sentences(t)})
     cache.text_store.ensure(sorted(set(texts)) + sentences)
@@ -79,7 +82,8 @@ def build_paired(cache: FeatureCache, clips: list[Clip], template: str | None, l
     if label_names:
         index = {name: i for i, name in enumerate(label_names)}
         labels = np.array([index.get(c.label, -1) for c in kept], dtype=np.int64)
-    return PairedFeatures(kept, audio, texts, np.array(owner, dtype=np.int64), labels, list(label_names or []), template, positive_groups(kept, texts, owner))
+    return PairedFeatures(kept, audio, texts, np.array(owner, dtype=np.int64), labels, list(label_names or []), template, positive_groups(kept, texts, owner),
+                          np.array(from_label, dtype=bool))
 
 
 def positive_groups(clips: list[Clip], texts: list[str], owner: list[int]) -> np.ndarray:
@@ -116,6 +120,10 @@ def audio_batch(items: list[dict[str, np.ndarray]], keys: set[str] | None = None
         batch["audio_segments"], batch["audio_segments_mask"] = _pad([i["embedding"] for i in items], MAX_SEGMENTS)
     if "audio_frames" in want:
         batch["audio_frames"], batch["audio_frames_mask"] = _pad([i["frames"] for i in items], MAX_FRAMES)
+    for key in sorted(k for k in want if k.startswith("audio_frames_")):  # encoder levels on the frame grid
+        name = key.removeprefix("audio_")
+        if all(name in i for i in items):  # absent: a model that needs them says so (features with_levels)
+            batch[key] = _pad([i[name] for i in items], MAX_FRAMES)[0]
     if "audio_mel" in want:
         if any("mel" not in i for i in items):
             raise ValueError("this model reads log-mels: extract features with --with-mel")
@@ -133,6 +141,10 @@ def text_batch(cache: FeatureCache, texts: list[str], keys: set[str] | None = No
         batch["text_embedding"] = torch.from_numpy(np.stack([f["embedding"] for f in feats]).astype(np.float32))
     if "text_tokens" in want:
         batch["text_tokens"], batch["text_tokens_mask"] = _pad([f["tokens"] for f in feats], MAX_TOKENS)
+    for key in sorted(k for k in want if k.startswith("text_tokens_")):  # encoder levels on the same tokens
+        name = key.removeprefix("text_")
+        if all(name in f for f in feats):
+            batch[key] = _pad([f[name] for f in feats], MAX_TOKENS)[0]
     if "text_segments" in want:
         sents = [np.stack([cache.text_store.get(s)["embedding"] for s in split_sentences(t)]) for t in texts]
         batch["text_segments"], batch["text_segments_mask"] = _pad(sents, MAX_SEGMENTS)
@@ -152,4 +164,6 @@ def make_batch(cache: FeatureCache, data: PairedFeatures, text_indices: np.ndarr
         batch["labels"] = torch.from_numpy(data.labels[clip_rows])
     if data.groups is not None:
         batch["groups"] = torch.from_numpy(data.groups[text_indices])
+    if data.text_from_label is not None:
+        batch["text_from_label"] = torch.from_numpy(data.text_from_label[text_indices])
     return batch

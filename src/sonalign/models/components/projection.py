@@ -27,3 +27,21 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None, dim: int = 1) -> tor
         return x.mean(dim)
     m = mask.unsqueeze(-1).to(x.dtype)
     return (x * m).sum(dim) / m.sum(dim).clamp(min=1.0)
+
+
+def masked_max(x: torch.Tensor, mask: torch.Tensor | None, dim: int = 1) -> torch.Tensor:
+    """Max over ``dim`` counting only positions where ``mask`` is True; a row without any is zeros."""
+    if mask is None:
+        return x.amax(dim)
+    m = mask.unsqueeze(-1)
+    filled = x.masked_fill(~m, torch.finfo(x.dtype).min)
+    return torch.where(m.any(dim), filled.amax(dim), torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_pool(x: torch.Tensor, mask: torch.Tensor | None, mode: str, dim: int = 1) -> torch.Tensor:
+    """``masked_mean`` (``mode="mean"``) or ``masked_max`` (``mode="max"``)."""
+    if mode == "mean":
+        return masked_mean(x, mask, dim)
+    if mode == "max":
+        return masked_max(x, mask, dim)
+    raise ValueError(f"pooling must be 'mean' or 'max', not {mode!r}")

@@ -19,24 +19,21 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-def _scale(logit_scale: torch.Tensor | float) -> torch.Tensor | float:
-    return logit_scale.exp().clamp(max=100.0) if torch.is_tensor(logit_scale) else math.exp(logit_scale)
+from sonalign.models.losses.infonce import contrastive_from_scores
 
 
-def symmetric_contrastive(scores: torch.Tensor, logit_scale: torch.Tensor | float, scores_t: torch.Tensor | None = None) -> torch.Tensor:
-    """1/2 [CE(s*S, I) + CE(s*S_t^T, I)] for an (N, N) score matrix S (rows: audio, columns: text).
+def symmetric_contrastive(scores: torch.Tensor, logit_scale: torch.Tensor | float, scores_t: torch.Tensor | None = None,
+                          groups: torch.Tensor | None = None) -> torch.Tensor:
+    """1/2 [CE(s*S, P) + CE(s*S_t^T, P)] for an (N, N) score matrix S (rows: audio, columns: text).
 
     ``scores_t`` (optional) is the text->audio matrix, also indexed (audio, text), when the two
-    directions use different scores (late interaction); by default S is used for both.
+    directions use different scores (late interaction); by default S is used for both. ``groups``
+    makes rows with equal ids positives of each other. Same function as
+    :func:`~sonalign.models.losses.infonce.contrastive_from_scores`.
     """
-    scale = _scale(logit_scale)
-    targets = torch.arange(scores.shape[0], device=scores.device)
-    other = scores if scores_t is None else scores_t
-    return 0.5 * (F.cross_entropy(scale * scores, targets) + F.cross_entropy(scale * other.T, targets))
+    return contrastive_from_scores(scores, logit_scale, scores_t, groups)
 
 
 def late_interaction_scores(
@@ -70,8 +67,8 @@ class ScoreContrastiveLoss(nn.Module):
         super().__init__()
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
 
-    def forward(self, scores: torch.Tensor, scores_t: torch.Tensor | None = None) -> torch.Tensor:
-        return symmetric_contrastive(scores, self.logit_scale, scores_t)
+    def forward(self, scores: torch.Tensor, scores_t: torch.Tensor | None = None, groups: torch.Tensor | None = None) -> torch.Tensor:
+        return symmetric_contrastive(scores, self.logit_scale, scores_t, groups)
 
 
 class TokenAlignmentLoss(ScoreContrastiveLoss):
@@ -80,7 +77,8 @@ class TokenAlignmentLoss(ScoreContrastiveLoss):
     citation = "Xin et al. 2024 (Interspeech, HADE/THA token level); Yao et al. 2022 (ICLR, FILIP)"
 
     def forward(  # type: ignore[override]
-        self, audio_tokens: torch.Tensor, audio_mask: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor
+        self, audio_tokens: torch.Tensor, audio_mask: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+        groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
         a2t, t2a = late_interaction_scores(audio_tokens, audio_mask, text_tokens, text_mask)
-        return symmetric_contrastive(a2t, self.logit_scale, t2a)
+        return symmetric_contrastive(a2t, self.logit_scale, t2a, groups)

@@ -28,22 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sonalign.models.losses.infonce import info_nce
+from sonalign.models.losses.infonce import contrastive_from_scores, info_nce
 
-
-def contrastive_from_scores(scores: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
-    """Symmetric InfoNCE on a square score matrix whose diagonal holds the positives."""
-    scale = logit_scale.exp().clamp(max=100.0) if torch.is_tensor(logit_scale) else math.exp(logit_scale)
-    logits = scale * scores
-    targets = torch.arange(scores.shape[0], device=scores.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+__all__ = ["HybridLoss", "contrastive_from_scores"]
 
 
 class HybridLoss(nn.Module):
     """``forward(a, t, scores=None) -> {"cos", "l1", "con"}``, each already multiplied by its weight.
 
     ``a``, ``t``: (B, E) positive pairs (normalised here); ``scores``: optional (B, B) matrix for the
-    contrastive term (e.g. cross-attention-refined pair scores), default ``a @ t.T``.
+    contrastive term (e.g. cross-attention-refined pair scores), default ``a @ t.T``; ``groups``:
+    optional (B,) positive-group ids for the contrastive term (``models/base.py``).
     """
 
     citation = "Liu et al. 2026, 'Robust Audio-Text Retrieval via Cross-Modal Attention and Hybrid Loss' (arXiv:2604.23323)"
@@ -55,12 +50,18 @@ class HybridLoss(nn.Module):
         self.w_cos, self.w_l1, self.w_con = w_cos, w_l1, w_con
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
 
-    def forward(self, a: torch.Tensor, t: torch.Tensor, scores: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, a: torch.Tensor, t: torch.Tensor, scores: torch.Tensor | None = None,
+                groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         a = F.normalize(a, dim=-1)
         t = F.normalize(t, dim=-1)
         # embeddings: the shared InfoNCE (global negatives under data parallelism); a given score
-        # matrix (pairwise cross-attention) is necessarily local to this batch
-        con = info_nce(a, t, self.logit_scale) if scores is None else contrastive_from_scores(scores, self.logit_scale)
+        # matrix (pairwise cross-attention) is necessarily local to this batch. ``groups``: rows
+        # with equal ids are positives of each other in the contrastive term (the pairwise terms
+        # only ever see each row's own pair).
+        if scores is None:
+            con = info_nce(a, t, self.logit_scale, groups=groups)
+        else:
+            con = contrastive_from_scores(scores, self.logit_scale, groups=groups)
         return {
             "cos": self.w_cos * (1.0 - (a * t).sum(-1)).mean(),
             "l1": self.w_l1 * F.l1_loss(a, t),

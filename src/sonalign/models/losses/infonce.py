@@ -23,11 +23,40 @@ from torch import nn
 from sonalign.train import distributed
 
 
+def _scale(logit_scale: torch.Tensor | float) -> torch.Tensor | float:
+    return logit_scale.exp().clamp(max=100.0) if torch.is_tensor(logit_scale) else math.exp(logit_scale)
+
+
+def positives_of(groups: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, M) bool: row i and column j are positives when their group ids are equal."""
+    other = groups if other is None else other
+    return groups[:, None] == other[None, :]
+
+
 def multi_positive_ce(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against a uniform target over each row's positives (a row's own pair is one)."""
     target = positives.to(logits.dtype)
     target = target / target.sum(1, keepdim=True).clamp(min=1.0)
     return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def contrastive_from_scores(scores: torch.Tensor, logit_scale: torch.Tensor | float, scores_t: torch.Tensor | None = None,
+                            groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric (multi-positive) InfoNCE on a square (N, N) score matrix, rows = audio, columns = text.
+
+    The one implementation of "contrastive loss on a score matrix" (plain cosine matrices, HADE's
+    late-interaction and factor scores, Robust-ATR's refined pair scores):
+    ``1/2 [CE(s S, P) + CE(s S_t^T, P)]`` with ``s = exp(logit_scale)`` (<= 100), ``S_t`` the
+    text->audio matrix (default ``S``; also indexed (audio, text)) and ``P`` the positives: the
+    diagonal, or every pair of rows with equal ``groups`` ids (uniform target over them).
+    """
+    scale = _scale(logit_scale)
+    other = scores if scores_t is None else scores_t
+    if groups is None:
+        targets = torch.arange(scores.shape[0], device=scores.device)
+        return 0.5 * (F.cross_entropy(scale * scores, targets) + F.cross_entropy(scale * other.T, targets))
+    positives = positives_of(groups)
+    return 0.5 * (multi_positive_ce(scale * scores, positives) + multi_positive_ce(scale * other.T, positives))
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float, targets: torch.Tensor | None = None,
@@ -41,15 +70,14 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float
     InfoNCE of supervised contrastive learning (Khosla et al., NeurIPS 2020), which the evaluation
     protocol implies when every clip of a class answers a class prompt.
     """
-    scale = logit_scale.exp().clamp(max=100.0) if torch.is_tensor(logit_scale) else math.exp(logit_scale)
+    scale = _scale(logit_scale)
     gathered = distributed.global_negatives(a, b)
     if groups is not None and targets is None:
         if gathered is None:
-            positives = groups[:, None] == groups[None, :]
-            return 0.5 * (multi_positive_ce(scale * a @ b.T, positives) + multi_positive_ce(scale * b @ a.T, positives))
+            return contrastive_from_scores(a @ b.T, logit_scale, groups=groups)
         all_a, all_b, _ = gathered
         all_groups, _ = distributed.gather_rows(groups.to(a.dtype)[:, None])
-        positives = groups.to(a.dtype)[:, None] == all_groups[:, 0][None, :]
+        positives = positives_of(groups.to(a.dtype), all_groups[:, 0])
         return 0.5 * (multi_positive_ce(scale * a @ all_b.T, positives) + multi_positive_ce(scale * b @ all_a.T, positives))
     if gathered is not None:  # local rows against the global batch's columns, both directions
         all_a, all_b, offset = gathered
@@ -57,9 +85,9 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor | float
             targets = torch.arange(a.shape[0], device=a.device)
         targets = targets + offset
         return 0.5 * (F.cross_entropy(scale * a @ all_b.T, targets) + F.cross_entropy(scale * b @ all_a.T, targets))
-    logits = scale * a @ b.T
     if targets is None:
-        targets = torch.arange(a.shape[0], device=a.device)
+        return contrastive_from_scores(a @ b.T, logit_scale)
+    logits = scale * a @ b.T
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 

@@ -9,8 +9,10 @@ joint cross-attentive embedding of the same document,
 
 each a symmetric InfoNCE (CLIP) with its own learnable temperature. Both modalities are pulled to
 one shared anchor, so audio and text meet in the joint space without one modality's geometry
-being forced onto the other's. An optional ``direct_weight * InfoNCE(a, t)`` term is available
-(off by default, as in the paper).
+being forced onto the other's. An optional ``direct_weight * InfoNCE(a, t)`` term trains the
+audio-text cosine itself (the paper has no such term; HILBERT's config sets it because retrieval
+scores that cosine, see ``models/hilbert.py``). ``groups`` (positive-group ids, ``models/base.py``)
+reaches every term.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ class ReciprocalDualContrastiveLoss(nn.Module):
         self.direct_weight = direct_weight
         self.audio_text = InfoNCELoss(init_temperature) if direct_weight > 0 else None
 
-    def forward(self, audio: torch.Tensor, text: torch.Tensor, joint: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {"audio_joint": self.audio_joint(audio, joint), "text_joint": self.text_joint(text, joint)}
+    def forward(self, audio: torch.Tensor, text: torch.Tensor, joint: torch.Tensor, groups: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        out = {"audio_joint": self.audio_joint(audio, joint, groups), "text_joint": self.text_joint(text, joint, groups)}
         if self.audio_text is not None:
-            out["audio_text"] = self.direct_weight * self.audio_text(audio, text)
+            out["audio_text"] = self.direct_weight * self.audio_text(audio, text, groups)
         return out
