@@ -89,7 +89,8 @@ def stage_costs(files: list[Path]) -> dict:
 
     from sonalign.audio.io import load_audio, resample
     from sonalign.cache.features import GROUP_SEGMENTS
-    from sonalign.index.build import WORKER_CNN_BATCH, Indexer, merge_chunks, plan_groups, span_of
+    from sonalign.index.indexer import Indexer, merge_chunks, plan_groups, span_of
+    from sonalign.index.workers import WORKER_CNN_BATCH
 
     torch.set_num_threads(1)
     indexer = Indexer(None, "default", transcripts=False, asr_process=False, cnn_batch=WORKER_CNN_BATCH)

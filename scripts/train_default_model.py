@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sonalign.data.licences import allows_shipped_weights  # noqa: E402
 from sonalign.data.readers import load_clips  # noqa: E402
-from sonalign.train.prompts import render  # noqa: E402
+from sonalign.data.prompts import render  # noqa: E402
 
 DEST = ROOT / "src" / "sonalign" / "assets" / "default_model"
 CONFIG = {"method": "clap_baseline", "audio_dim": 512, "text_dim": 384, "embed_dim": 256, "dropout": 0.1, "init_temperature": 0.07}

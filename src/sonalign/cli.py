@@ -187,7 +187,7 @@ def train_cmd(
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         import torch
 
-        from sonalign.train.distributed import launch
+        from sonalign.distributed import launch
         from sonalign.utils.device import resolve_device
 
         if resolve_device().type == "cuda" and nproc > torch.cuda.device_count():

@@ -49,7 +49,7 @@ def _content(name: str, data: bytes):
 def test_two_ranks_write_a_cache_bit_identical_to_one_process(tmp_path, make_wav, monkeypatch):
     import torch.multiprocessing as mp
 
-    from sonalign.train.distributed import free_port
+    from sonalign.distributed import free_port
 
     manifest = _source(tmp_path, make_wav)
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))

@@ -20,7 +20,9 @@ def main(folder: str, idx: str, run: str) -> None:
     import sonalign.index.build as build
 
     build.COMMIT_EVERY_FILES = 1  # commit after every file so a kill lands between commits too
-    build.GROUP_FILES = 1  # one file per group: commits spread over the run, not in one burst per group
+    import sonalign.index.indexer as indexer
+
+    indexer.GROUP_FILES = 1  # one file per group: commits spread over the run, not in one burst per group
     build.build_index(folder, idx, model=run, transcripts=False, show_progress=False, workers=1)  # fakes live in this process
 
 

@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 from safetensors.torch import save_file
 
-from sonalign.index.build import build_index, segment_for_index
+from sonalign.index.build import build_index
+from sonalign.index.indexer import segment_for_index
 from sonalign.index.query import Searcher
 from sonalign.index.store import IndexStore
 from sonalign.models.factory import create_model
@@ -147,16 +148,16 @@ def test_short_sound_without_background_is_one_whole_file_segment(tmp_path, fake
 
 def test_grouped_files_get_the_segments_and_vectors_of_one_file_at_a_time(tmp_path, fake_run, monkeypatch):
     """Short files share VAD and CNN batches; each still gets exactly its own segments and vectors."""
-    from sonalign.index import build
+    from sonalign.index import build, indexer, workers  # noqa: F401
     from sonalign.index.embedders import get_embedder
 
     folder = tmp_path / "audio"
     for i in range(5):
         wave, _ = events([300 + 150 * i, 900], seed=i)
         write(folder / f"f{i}.wav", wave, sr=[16000, 22050, 16000, 44100, 8000][i])
-    monkeypatch.setattr(build, "GROUP_FILES", 3)  # groups of 3 + 2
+    monkeypatch.setattr(indexer, "GROUP_FILES", 3)  # groups of 3 + 2
     idx = tmp_path / "idx"
-    assert len(build.plan_groups(sorted(folder.iterdir()))) == 2
+    assert len(indexer.plan_groups(sorted(folder.iterdir()))) == 2
     report = build_index(folder, idx, model=str(fake_run), transcripts=False, show_progress=False, workers=1)
     assert report.added == 5 and not report.failures
     store = IndexStore.open(idx, readonly=True)
@@ -178,29 +179,29 @@ def test_grouped_files_get_the_segments_and_vectors_of_one_file_at_a_time(tmp_pa
 
 
 def test_long_file_is_streamed_in_its_own_group(tmp_path, monkeypatch):
-    from sonalign.index import build
+    from sonalign.index import build, indexer, workers  # noqa: F401
 
     for i, seconds in enumerate([2.0, 3.0, 4.0, 2.0]):
         write(tmp_path / f"{i}.wav", np.zeros(int(seconds * 16000), np.float32) + 0.01)
-    monkeypatch.setattr(build, "SHORT_FILE_SECONDS", 3.5)
-    monkeypatch.setattr(build, "GROUP_SECONDS", 4.5)
-    assert build.plan_groups([tmp_path / f"{i}.wav" for i in range(4)]) == [[0], [1], [2], [3]]
-    monkeypatch.setattr(build, "GROUP_SECONDS", 5.0)
-    assert build.plan_groups([tmp_path / f"{i}.wav" for i in range(4)]) == [[0, 1], [2], [3]]
-    assert build.plan_groups([tmp_path / "missing.wav", tmp_path / "0.wav"]) == [[0, 1]]  # errors are reported later, per file
+    monkeypatch.setattr(indexer, "SHORT_FILE_SECONDS", 3.5)
+    monkeypatch.setattr(indexer, "GROUP_SECONDS", 4.5)
+    assert indexer.plan_groups([tmp_path / f"{i}.wav" for i in range(4)]) == [[0], [1], [2], [3]]
+    monkeypatch.setattr(indexer, "GROUP_SECONDS", 5.0)
+    assert indexer.plan_groups([tmp_path / f"{i}.wav" for i in range(4)]) == [[0, 1], [2], [3]]
+    assert indexer.plan_groups([tmp_path / "missing.wav", tmp_path / "0.wav"]) == [[0, 1]]  # errors are reported later, per file
 
 
 def test_worker_processes_index_what_one_process_does(tmp_path, monkeypatch):
     """The default model (real CNN, segmenters) in 2 spawned workers and in this process: same
     segments, vectors equal up to thread-count rounding; failures reported the same way."""
-    from sonalign.index import build
+    from sonalign.index import build, indexer, workers  # noqa: F401
 
     folder = tmp_path / "audio"
     for i in range(4):
         wave, _ = events([300 + 150 * i, 900], seed=i)
         write(folder / f"f{i}.wav", wave, sr=[16000, 22050, 44100, 8000][i])
     (folder / "broken.wav").write_bytes(b"RIFF not really")
-    monkeypatch.setattr(build, "GROUP_FILES", 2)  # plan_groups runs here: 3 groups
+    monkeypatch.setattr(indexer, "GROUP_FILES", 2)  # plan_groups runs here: 3 groups
     reports, stores = {}, {}
     for workers in (1, 2):
         idx = tmp_path / f"idx{workers}"
@@ -230,7 +231,7 @@ class DyingPool:
         from concurrent.futures import Future
         from concurrent.futures.process import BrokenProcessPool
 
-        from sonalign.index.build import Failed
+        from sonalign.index.indexer import Failed
 
         self.calls += 1
         if self.calls > self.dies_at:
@@ -244,7 +245,7 @@ class DyingPool:
 
 
 def in_this_process(groups):
-    from sonalign.index.build import Failed
+    from sonalign.index.indexer import Failed
 
     return iter([[Failed("here")] * len(g) for g in groups])
 
@@ -255,34 +256,34 @@ GROUPS = [[("a", "a")], [("b", "b"), ("c", "c")], [("d", "d")], [("e", "e")]]
 def test_a_worker_that_dies_mid_run_fails_the_groups_in_flight_and_the_rest_run_here():
     """Nothing raised, order kept: done groups stand, in-flight ones fail naming the cause, the
     others are indexed in this process."""
-    from sonalign.index import build
+    from sonalign.index import build, indexer, workers  # noqa: F401
 
-    out = list(build._groups_in_workers(DyingPool(dies_at=2), 1, GROUPS, in_this_process))
+    out = list(workers._groups_in_workers(DyingPool(dies_at=2), 1, GROUPS, in_this_process))
     assert [[f.reason for f in g] for g in out[:1] + out[2:]] == [["worker"], ["here"], ["here"]]
     assert len(out[1]) == 2 and all("worker process died" in f.reason and "run again" in f.reason for f in out[1])
 
 
 def test_workers_that_cannot_start_leave_everything_to_this_process():
-    from sonalign.index import build
+    from sonalign.index import build, indexer, workers  # noqa: F401
 
-    out = list(build._groups_in_workers(DyingPool(dies_at=1), 2, GROUPS, in_this_process))
+    out = list(workers._groups_in_workers(DyingPool(dies_at=1), 2, GROUPS, in_this_process))
     assert [[f.reason for f in g] for g in out] == [["here"], ["here", "here"], ["here"], ["here"]]
 
 
 def test_resolve_workers(monkeypatch):
-    from sonalign.index import build
+    from sonalign.index import build, indexer, workers  # noqa: F401
 
-    assert build.resolve_workers(4, 2) == 2 and build.resolve_workers(1, 10) == 1 and build.resolve_workers(3, 0) == 1
-    monkeypatch.setattr(build.os, "cpu_count", lambda: 16)
-    monkeypatch.setattr(build, "_physical_memory", lambda: 64 * 2**30)
-    assert build.resolve_workers(None, 100) == build.MAX_AUTO_WORKERS == 8
-    assert build.resolve_workers(None, 3) == 3
-    monkeypatch.setattr(build, "_physical_memory", lambda: 4 * 2**30)  # 4 GiB: two workers of 1.5 GiB
-    assert build.resolve_workers(None, 100) == 2
-    monkeypatch.setattr(build, "_physical_memory", lambda: 2**30)
-    assert build.resolve_workers(None, 100) == 1
+    assert workers.resolve_workers(4, 2) == 2 and workers.resolve_workers(1, 10) == 1 and workers.resolve_workers(3, 0) == 1
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(workers, "_physical_memory", lambda: 64 * 2**30)
+    assert workers.resolve_workers(None, 100) == workers.MAX_AUTO_WORKERS == 8
+    assert workers.resolve_workers(None, 3) == 3
+    monkeypatch.setattr(workers, "_physical_memory", lambda: 4 * 2**30)  # 4 GiB: two workers of 1.5 GiB
+    assert workers.resolve_workers(None, 100) == 2
+    monkeypatch.setattr(workers, "_physical_memory", lambda: 2**30)
+    assert workers.resolve_workers(None, 100) == 1
     with pytest.raises(ValueError):
-        build.resolve_workers(0, 5)
+        workers.resolve_workers(0, 5)
 
 
 def _index(folder, idx, run):

@@ -243,7 +243,7 @@ def test_works_with_the_shared_encode_helpers():
     """Encode outputs of batches with different segment counts concatenate (train.encode pads dim 1)."""
     import numpy as np
 
-    from sonalign.train.encode import encode_audio_items
+    from sonalign.batches import encode_audio_items
 
     model = create_model("hilbert", **SMALL)
     g = np.random.default_rng(0)

@@ -134,3 +134,19 @@ def test_pooled_residual_learns_what_the_frozen_pooling_already_knows(method):
 
     assert recall_at_1() >= 0.75
     assert recall_at_1(pooled_residual=False) <= 0.3  # chance 1/16
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_mistyped_or_mistyped_value_key_fails_for_every_method(method):
+    from sonalign.errors import ConfigError
+    from sonalign.models import list_models
+
+    assert set(METHODS) == set(list_models())
+    with pytest.raises(ConfigError, match="unknown config keys \\['embed_dimm'\\]"):
+        create_model(method, embed_dimm=8)
+    with pytest.raises(ConfigError, match="'dropout' must be float"):
+        create_model(method, dropout="high")
+    with pytest.raises(ConfigError, match="unknown config keys"):
+        create_model(method, weights={"no_such_term": 1.0}) if method in ("hade", "calm") else create_model(method, no_such_key=1)
+    model = create_model(method, **METHODS[method][0])
+    assert set(model.config) - {"method", "name", "description", "features"} == set(type(model).defaults)  # every key declared, with its default

@@ -268,7 +268,7 @@ def test_works_with_the_shared_encode_and_score_helpers():
     """Encode outputs of batches with different chunk counts concatenate (train.encode pads dim 1)."""
     import numpy as np
 
-    from sonalign.train.encode import encode_audio_items, score_matrix
+    from sonalign.batches import encode_audio_items, score_matrix
 
     model = create_model("robust-atr", **SMALL)
     g = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """Worker side of tests/train/test_distributed.py (spawned processes import this module, not pytest's).
 
 Each worker sets the environment torchrun would set, registers the fake encoders, starts the gloo
-process group through ``sonalign.train.distributed.init`` and runs the task's cases.
+process group through ``sonalign.distributed.init`` and runs the task's cases.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _pad(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def collate(rows: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     """Batch of synthetic items; sequences padded to this batch's (i.e. this shard's) longest."""
-    from sonalign.train.data import audio_batch
+    from sonalign.batches import audio_batch
 
     batch = audio_batch([{"embedding": r["audio_segments"], "frames": r["audio_segments"]} for r in rows], {"audio_embedding", "audio_segments"})
     batch["text_embedding"] = torch.from_numpy(np.stack([r["text_embedding"] for r in rows]))
@@ -72,7 +72,7 @@ def run(rank: int, world: int, port: int, task_file: str, out_dir: str) -> None:
         os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only: no dependence on the host name resolving
     torch.set_num_threads(1)
     register_fake_encoders()
-    from sonalign.train import distributed
+    from sonalign import distributed
     from sonalign.train.trainer import TrainSettings, train
 
     task = pickle.loads(Path(task_file).read_bytes())

@@ -8,7 +8,7 @@ import numpy as np
 
 from sonalign.cache.features import FeatureCache, FeatureSettings
 from sonalign.data.readers import load_clips
-from sonalign.train.data import audio_batch, build_paired, make_batch, text_batch
+from sonalign.batches import audio_batch, build_paired, make_batch, text_batch
 from sonalign.train.trainer import TrainSettings, train
 
 FEATURES = {"audio_encoder": "fake-audio", "text_encoder": "fake-text", "segmenter": "fixed"}

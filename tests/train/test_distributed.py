@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from sonalign.train import distributed
+from sonalign import distributed
 
 WORLD = 2
 FEATURES = {"audio_encoder": "fake-audio", "text_encoder": "fake-text", "segmenter": "fixed"}

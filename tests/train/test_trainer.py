@@ -64,7 +64,7 @@ def test_same_class_pairs_are_positives_not_negatives():
 
     from sonalign.data.clips import Clip
     from sonalign.models.losses.infonce import info_nce
-    from sonalign.train.data import positive_groups
+    from sonalign.batches import positive_groups
 
     clips = [Clip("a", "a.wav", label="dog"), Clip("b", "b.wav", label="dog"), Clip("c", "c.wav"), Clip("d", "d.wav")]
     groups = positive_groups(clips, ["a dog barks", "dog barking", "rain", "rain"], [0, 1, 2, 3])

@@ -116,6 +116,52 @@ class ExtractionReport:
         return self.encoded == 0 and self.texts_encoded == 0
 
 
+def encoder_levels(settings: FeatureSettings, audio_encoder: Any, text_encoder: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The intermediate levels of each encoder that ``settings.with_levels`` asks for (none otherwise)."""
+    if not settings.with_levels:
+        return (), ()
+    audio, text = tuple(getattr(audio_encoder, "levels", None) or ()), tuple(getattr(text_encoder, "levels", None) or ())
+    if not audio or not text:
+        raise ConfigError(f"with_levels: {settings.audio_encoder if not audio else settings.text_encoder} has no intermediate levels to cache")
+    return audio, text
+
+
+def encode_segments(encoder: Any, waves: Any, n: int, *, levels: tuple[str, ...] = (), with_mel: bool = False, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """The ``n`` segment waves (a list or a lazy :class:`SegmentWaves`) through ``encoder``, in the
+    cache's per-recording layout: ``embedding`` (n, D), ``frames`` + ``frame_offsets``, the asked
+    intermediate ``frames_{level}``, and ``mel`` + ``mel_offsets`` when ``with_mel``. Segments are
+    decoded and encoded ``GROUP_SEGMENTS`` at a time, so a long recording never sits in memory
+    whole. The feature cache and the index (:mod:`sonalign.index.embedders`) both encode here.
+    """
+    embeddings, frames, mels = [], [], []
+    level_frames: dict[str, list[np.ndarray]] = {name: [] for name in levels}
+    sr = encoder.sample_rate
+    for lo in range(0, n, GROUP_SEGMENTS):
+        group = [waves[i] for i in range(lo, min(lo + GROUP_SEGMENTS, n))]
+        out = encoder.encode(group, batch_size=batch_size, levels=True) if levels else encoder.encode(group, batch_size=batch_size)
+        mask = np.asarray(out["frames_mask"], dtype=bool)
+        embeddings.append(np.asarray(out["embedding"], dtype=np.float32))
+        frames.extend(np.asarray(out["frames"][i][mask[i]], dtype=np.float32) for i in range(len(group)))
+        for name in levels:
+            level_frames[name].extend(np.asarray(out[f"frames_{name}"][i][mask[i]], dtype=np.float32) for i in range(len(group)))
+        if with_mel:
+            from sonalign.audio.io import resample
+            from sonalign.audio.mel import log_mel
+
+            mels.extend(np.asarray(log_mel(resample(w, sr, MEL_SETTINGS["sample_rate"]), **MEL_SETTINGS), dtype=np.float32) for w in group)
+    data: dict[str, np.ndarray] = {
+        "embedding": np.ascontiguousarray(np.concatenate(embeddings)) if embeddings else np.zeros((0, encoder.dim), np.float32),
+        "frames": np.concatenate(frames) if frames else np.zeros((0, encoder.dim), np.float32),
+        "frame_offsets": np.concatenate([[0], np.cumsum([f.shape[0] for f in frames])]).astype(np.int64),
+    }
+    if with_mel:
+        data["mel"] = np.concatenate(mels)
+        data["mel_offsets"] = np.concatenate([[0], np.cumsum([m.shape[0] for m in mels])]).astype(np.int64)
+    for name in levels:
+        data[f"frames_{name}"] = np.concatenate(level_frames[name])
+    return data
+
+
 class FeatureCache:
     """Opens (or creates) a cache folder for one combination of encoders and segmenter."""
 
@@ -134,14 +180,8 @@ class FeatureCache:
             "segmenter": self.segmenter.settings(),
             "mel": MEL_SETTINGS if self.settings.with_mel else None,
         }
-        self.audio_levels: tuple[str, ...] = ()
-        self.text_levels: tuple[str, ...] = ()
-        if self.settings.with_levels:
-            self.audio_levels = tuple(getattr(self.audio_encoder, "levels", None) or ())
-            self.text_levels = tuple(getattr(self.text_encoder, "levels", None) or ())
-            if not self.audio_levels or not self.text_levels:
-                raise ConfigError(f"with_levels: {self.settings.audio_encoder if not self.audio_levels else self.settings.text_encoder} "
-                                  "has no intermediate levels to cache")
+        self.audio_levels, self.text_levels = encoder_levels(self.settings, self.audio_encoder, self.text_encoder)
+        if self.audio_levels:
             self.audio_settings["levels"] = list(self.audio_levels)
         self.audio_key = settings_hash(self.audio_settings)
         from sonalign.cache.text_store import TextFeatureStore
@@ -183,42 +223,9 @@ class FeatureCache:
         return waves, segments
 
     def encode_segments(self, waves: Any, segments: list[Segment], batch_size: int = 32) -> dict[str, Any]:
-        """Encoder outputs for already-cut segments, in the cache's per-recording layout.
-
-        ``waves`` is a list or a lazy :class:`SegmentWaves`; segments are decoded and encoded
-        ``GROUP_SEGMENTS`` at a time, so a long recording never sits in memory whole.
-        """
-        embeddings, frames, mels = [], [], []
-        levels: dict[str, list[np.ndarray]] = {name: [] for name in self.audio_levels}
-        sr = self.audio_encoder.sample_rate
-        for lo in range(0, len(segments), GROUP_SEGMENTS):
-            group = [waves[i] for i in range(lo, min(lo + GROUP_SEGMENTS, len(segments)))]
-            if self.audio_levels:
-                out = self.audio_encoder.encode(group, batch_size=batch_size, levels=True)
-            else:
-                out = self.audio_encoder.encode(group, batch_size=batch_size)
-            mask = np.asarray(out["frames_mask"], dtype=bool)
-            embeddings.append(np.asarray(out["embedding"], dtype=np.float32))
-            frames.extend(np.asarray(out["frames"][i][mask[i]], dtype=np.float32) for i in range(len(group)))
-            for name in self.audio_levels:
-                levels[name].extend(np.asarray(out[f"frames_{name}"][i][mask[i]], dtype=np.float32) for i in range(len(group)))
-            if self.settings.with_mel:
-                from sonalign.audio.io import resample
-                from sonalign.audio.mel import log_mel
-
-                mels.extend(np.asarray(log_mel(resample(w, sr, MEL_SETTINGS["sample_rate"]), **MEL_SETTINGS), dtype=np.float32) for w in group)
-        data: dict[str, Any] = {
-            "embedding": np.ascontiguousarray(np.concatenate(embeddings)),
-            "frames": np.concatenate(frames),
-            "frame_offsets": np.concatenate([[0], np.cumsum([f.shape[0] for f in frames])]).astype(np.int64),
-            "segments": [s.to_dict() for s in segments],
-        }
-        if self.settings.with_mel:
-            data["mel"] = np.concatenate(mels)
-            data["mel_offsets"] = np.concatenate([[0], np.cumsum([m.shape[0] for m in mels])]).astype(np.int64)
-        for name in self.audio_levels:
-            data[f"frames_{name}"] = np.concatenate(levels[name])
-        return data
+        """Encoder outputs for already-cut segments, in the cache's per-recording layout (see :func:`encode_segments`)."""
+        return {**encode_segments(self.audio_encoder, waves, len(segments), levels=self.audio_levels, with_mel=self.settings.with_mel,
+                                  batch_size=batch_size), "segments": [s.to_dict() for s in segments]}
 
     def features_from_wave(self, wave: np.ndarray, sample_rate: int, recording_id: str, batch_size: int = 32) -> dict[str, Any]:
         """Segment and encode an in-memory waveform (e.g. a noisy mixture); nothing is written."""
@@ -278,7 +285,7 @@ class FeatureCache:
         never conflict), then rank 0 encodes the texts and writes the merged view, bit-identical to
         a single-process run. Every rank returns the same, merged report.
         """
-        from sonalign.train import distributed
+        from sonalign import distributed
 
         rank, world = (distributed.rank(), distributed.world_size()) if distributed.is_dist() else (0, 1)
         started = time.perf_counter()
@@ -395,7 +402,7 @@ def extract_features(
     Under torchrun (``WORLD_SIZE > 1``) every rank runs this: a gloo process group is started (if
     none is up), the recordings are sharded by content hash and rank 0 writes the merged view.
     """
-    from sonalign.train import distributed
+    from sonalign import distributed
 
     with distributed.session("gloo"):
         clips = load_clips(source, split=split)

@@ -3,6 +3,9 @@
 Shards are immutable safetensors files written atomically; the store's contents are the union of
 its shards, so a process killed mid-write loses at most the shard it was writing.
 
+``root=None`` keeps the shards in memory only (the index embeds queries this way, through the
+same code as the cache).
+
 ``levels`` (e.g. ``("layer2", "layer4")``, names from the encoder's ``levels``) also stores those
 intermediate token states (``tokens_layer2`` ...) beside the final ones. It is part of the store's
 key only when non-empty, so a store without levels keeps its key and files.
@@ -22,18 +25,20 @@ from sonalign.utils.hashing import settings_hash, text_sha
 
 
 class TextFeatureStore:
-    def __init__(self, root: str | Path, encoder: TextEncoder, levels: tuple[str, ...] = ()):
+    def __init__(self, root: str | Path | None, encoder: TextEncoder, levels: tuple[str, ...] = ()):
         self.encoder = encoder
         self.levels = tuple(levels)
         self._layers = tuple(int(name.removeprefix("layer")) for name in self.levels)
         settings = encoder.settings()
         self.key = settings_hash({**settings, "levels": list(self.levels)} if self.levels else settings)
-        self.dir = Path(root) / "text" / self.key
+        self.dir = None if root is None else Path(root) / "text" / self.key
         self._rows: dict[str, tuple[Path, int]] = {}
         self._loaded: dict[Path, dict[str, np.ndarray]] = {}
         self._scan()
 
     def _scan(self) -> None:
+        if self.dir is None:
+            return
         for shard in sorted(self.dir.glob("shard-*.safetensors")):
             try:
                 from safetensors import safe_open
@@ -68,6 +73,12 @@ class TextFeatureStore:
         }
         for name, k in zip(self.levels, self._layers):
             tensors[f"tokens_{name}"] = np.concatenate([np.asarray(out[f"tokens_layer{k}"][i][: lengths[i]], dtype=np.float32) for i in range(len(todo))])
+        if self.dir is None:  # in memory: the shard is kept as it is
+            shard = Path(f"memory-shard-{settings_hash(hashes, 16)}")
+            self._loaded[shard] = tensors
+            for row, h in enumerate(hashes):
+                self._rows[h] = (shard, row)
+            return len(todo)
         self.dir.mkdir(parents=True, exist_ok=True)
         shard = self.dir / f"shard-{settings_hash(hashes, 16)}.safetensors"
         with atomic_path(shard) as tmp:

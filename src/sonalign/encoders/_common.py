@@ -14,21 +14,11 @@ import torch
 #: Length of the hex digest prefix used in ``settings()`` (48 bits: plenty to tell weights apart).
 SHORT_HASH = 12
 
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
 def sha256_file(path: str | Path, short: int = SHORT_HASH) -> str:
-    """Short sha256 of a file's bytes, memoised per (path, size, mtime)."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key][:short]
+    """Short sha256 of a file's bytes (the memoised :func:`sonalign.utils.hashing.file_sha256`)."""
+    from sonalign.utils.hashing import file_sha256
+
+    return file_sha256(path)[:short]
 
 
 def sha256_files(paths: Sequence[str | Path], root: str | Path | None = None, short: int = SHORT_HASH) -> str:
@@ -98,10 +88,6 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``(B, T, D)`` over the True positions of ``(B, T)`` (all-False rows give zeros)."""
     m = mask.to(states.dtype).unsqueeze(-1)
     return (states * m).sum(1) / m.sum(1).clamp(min=1e-9)
-
-
-def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.normalize(x, p=2, dim=-1)
 
 
 def finish(out: dict[str, Any], convert_to_numpy: bool) -> dict[str, Any]:

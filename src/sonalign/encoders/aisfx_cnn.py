@@ -67,7 +67,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sonalign.audio.mel import log_mel
-from sonalign.encoders._common import as_mono_float32, batch_slices, finish, l2_normalize, pad_sequences, sha256_file
+from sonalign.encoders._common import as_mono_float32, batch_slices, finish, pad_sequences, sha256_file
 from sonalign.encoders.base import register_audio_encoder
 from sonalign.errors import ConfigError
 from sonalign.utils.device import resolve_device
@@ -414,7 +414,7 @@ class AisfxCNN:
             embedding = torch.stack([f.amax(dim=0) for f in seqs])
             frames, mask = pad_sequences(seqs, EMBED_DIM)
             if normalize_embeddings:
-                embedding = l2_normalize(embedding)
+                embedding = torch.nn.functional.normalize(embedding, dim=-1)
             result = {"embedding": embedding, "frames": frames, "frames_mask": mask}
             if levels:
                 result.update({f"frames_{name}": pad_sequences(per_segment(level_outputs[name]), dim)[0] for name, dim in LEVEL_DIMS.items()})

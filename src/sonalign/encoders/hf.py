@@ -57,7 +57,6 @@ from sonalign.encoders._common import (
     batch_slices,
     check_texts,
     finish,
-    l2_normalize,
     masked_mean,
     offline_env,
     pad_sequences,
@@ -271,7 +270,7 @@ class HFSSLAudioEncoder(_HFBase):
         frames, mask = pad_sequences(seqs, self.dim)
         embedding = torch.stack(embs) if embs else torch.zeros(0, self.dim)
         if normalize_embeddings:
-            embedding = l2_normalize(embedding)
+            embedding = torch.nn.functional.normalize(embedding, dim=-1)
         return finish({"embedding": embedding, "frames": frames, "frames_mask": mask}, convert_to_numpy)
 
 
@@ -344,7 +343,7 @@ class HFWhisperEncoder(_HFBase):
         frames, mask = pad_sequences(joined, self.dim)
         embedding = torch.stack([s.mean(0) for s in joined]) if joined else torch.zeros(0, self.dim)
         if normalize_embeddings:
-            embedding = l2_normalize(embedding)
+            embedding = torch.nn.functional.normalize(embedding, dim=-1)
         return finish({"embedding": embedding, "frames": frames, "frames_mask": mask}, convert_to_numpy)
 
 
@@ -450,12 +449,12 @@ class HFClapAudioEncoder(_HFBase):
                 out_emb.append(parts[0][0])
             else:
                 weights = torch.tensor([float(d) for _, d in parts])
-                stacked = l2_normalize(torch.stack([e for e, _ in parts]))
+                stacked = torch.nn.functional.normalize(torch.stack([e for e, _ in parts]), dim=-1)
                 out_emb.append((stacked * weights[:, None]).sum(0) / weights.sum())
         frames, mask = pad_sequences([torch.cat(s) for s in seqs], self.dim)
         embedding = torch.stack(out_emb) if out_emb else torch.zeros(0, self.dim)
         if normalize_embeddings:
-            embedding = l2_normalize(embedding)
+            embedding = torch.nn.functional.normalize(embedding, dim=-1)
         return finish({"embedding": embedding, "frames": frames, "frames_mask": mask}, convert_to_numpy)
 
 
@@ -513,7 +512,7 @@ class HFClapTextEncoder(_HFBase):
         tokens, tokens_mask = _pad_token_batches(toks, masks, len(texts), self.dim)
         embedding = torch.cat(embs) if embs else torch.zeros(0, self.dim)
         if normalize_embeddings:
-            embedding = l2_normalize(embedding)
+            embedding = torch.nn.functional.normalize(embedding, dim=-1)
         return finish({"embedding": embedding, "tokens": tokens, "tokens_mask": tokens_mask}, convert_to_numpy)
 
 
@@ -590,7 +589,7 @@ class HFTextEncoder(_HFBase):
         tokens, tokens_mask = _pad_token_batches(states, masks, len(texts), self.dim)
         embedding = torch.cat(embs) if embs else torch.zeros(0, self.dim)
         if normalize_embeddings:
-            embedding = l2_normalize(embedding)
+            embedding = torch.nn.functional.normalize(embedding, dim=-1)
         return finish({"embedding": embedding, "tokens": tokens, "tokens_mask": tokens_mask}, convert_to_numpy)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from sonalign.encoders._common import batch_slices, check_texts, finish, l2_normalize, masked_mean, sha256_file
+from sonalign.encoders._common import batch_slices, check_texts, finish, masked_mean, sha256_file
 from sonalign.encoders.base import register_text_encoder
 from sonalign.errors import ConfigError
 from sonalign.utils.device import resolve_device, to_device
@@ -161,7 +161,7 @@ class MiniLML6:
                 row += m.shape[0]
             embedding = torch.cat(embs) if embs else torch.zeros(0, self.dim)
             if normalize_embeddings:
-                embedding = l2_normalize(embedding)
+                embedding = torch.nn.functional.normalize(embedding, dim=-1)
             result = {"embedding": embedding, "tokens": tokens, "tokens_mask": tokens_mask}
             result.update({f"tokens_layer{k}": pad(inner[k]) for k in layers})
         return finish(result, convert_to_numpy)

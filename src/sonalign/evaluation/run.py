@@ -25,9 +25,8 @@ from sonalign.evaluation.noise import NoiseBank
 from sonalign.evaluation.retrieval import evaluate_retrieval, retrieval_metrics
 from sonalign.evaluation.zeroshot import zero_shot_from_scores
 from sonalign.models.factory import create_model
-from sonalign.train.data import PairedFeatures, build_paired
-from sonalign.train.encode import encode_audio_items, encode_texts, score_matrix
-from sonalign.train.prompts import render
+from sonalign.batches import PairedFeatures, build_paired, encode_audio_items, encode_texts, score_matrix
+from sonalign.data.prompts import render
 from sonalign.utils.hashing import settings_hash
 
 DEFAULT_SNRS = (15.0, 10.0, 5.0)
@@ -138,7 +137,7 @@ def evaluate_run(
     has_text = any(c.texts for c in clips)
     template = template or (None if has_text else resolved.get("data", {}).get("template"))
     if not has_text and not template:
-        from sonalign.train.prompts import guess_template
+        from sonalign.data.prompts import guess_template
 
         template = guess_template([c.label for c in clips if c.label is not None])
     # zero-shot chooses among the evaluated split's own labels (a run may have trained on many more)
@@ -186,7 +185,7 @@ def probe_run(model, cache: FeatureCache, probe_data: str | Path, *, show_progre
     import torch
 
     from sonalign.evaluation.probe import linear_probe, unweighted_accuracy, weighted_accuracy
-    from sonalign.train.data import audio_batch, model_keys
+    from sonalign.batches import audio_batch, model_keys
 
     splits = {}
     for name in ("train", "val", "test"):

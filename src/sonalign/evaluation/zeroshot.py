@@ -25,6 +25,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sonalign.utils.vectors import normalize
+
 __all__ = [
     "DEFAULT_TEMPLATES",
     "DIGIT_WORDS",
@@ -214,7 +216,7 @@ def _l2_normalize(x: np.ndarray, name: str) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if (norms == 0).any():
         raise ValueError(f"{name} has {int((norms == 0).sum())} all-zero rows; cannot cosine-normalise them")
-    return x / norms
+    return normalize(x)
 
 
 def _encode_labels(labels: Any, class_names: Sequence[Any] | None, n_classes: int) -> np.ndarray:

@@ -28,15 +28,17 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("sonalign") / "assets" / "default_model"))
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 class RunEmbedder:
-    """A trained alignment model on its frozen encoders. Each indexed segment is one 'clip'."""
+    """A trained alignment model on its frozen encoders. Each indexed segment is one 'clip'.
+
+    Features are made and batched by the same code as the feature cache and the evaluator
+    (:func:`sonalign.cache.features.encode_segments`, :mod:`sonalign.batches`, an in-memory
+    text store), so a segment's vector equals what ``sonalign evaluate`` scores for that audio.
+    """
 
     def __init__(self, run_dir: str | Path, *, name: str | None = None):
+        from sonalign.cache.features import FeatureSettings, encoder_levels
+        from sonalign.cache.text_store import TextFeatureStore
         from sonalign.encoders import get_audio_encoder, get_text_encoder
         from sonalign.models.factory import create_model
 
@@ -45,19 +47,16 @@ class RunEmbedder:
             raise ConfigError(f"{run_dir}: not a trained run (needs config.json and model.safetensors)")
         self.run_dir = run_dir
         self.resolved = json.loads((run_dir / "config.json").read_text())
-        features = self.resolved.get("data", {}).get("features", {})
-        self.audio_encoder = get_audio_encoder(features.get("audio_encoder", "aisfx-cnn"))
-        self.text_encoder = get_text_encoder(features.get("text_encoder", "minilm-l6"))
+        self.features = FeatureSettings(**self.resolved.get("data", {}).get("features", {}))
+        self.audio_encoder = get_audio_encoder(self.features.audio_encoder)
+        self.text_encoder = get_text_encoder(self.features.text_encoder)
+        self.audio_levels, text_levels = encoder_levels(self.features, self.audio_encoder, self.text_encoder)
+        self.texts = TextFeatureStore(None, self.text_encoder, text_levels)
         self.model = create_model(run_dir)
         self.model.eval()
         self.name = name or str(run_dir)
         self.sample_rate = self.audio_encoder.sample_rate
-        with torch.inference_mode():
-            probe = self.embed_text(["probe"])
-        self.dim = int(probe.shape[1])
-        self._needs = set(getattr(self.model, "required_inputs", ()))
-        if "audio_mel" in self._needs:
-            raise ConfigError(f"{run_dir}: models that read log-mels (CALM) are not supported for indexing yet")
+        self.dim = int(self.embed_text(["probe"]).shape[1])
 
     def settings(self) -> dict[str, Any]:
         from sonalign.utils.hashing import file_sha256
@@ -65,49 +64,32 @@ class RunEmbedder:
         return {"model": self.name, "weights_sha256": file_sha256(self.run_dir / "model.safetensors")[:16],
                 "audio_encoder": self.audio_encoder.settings(), "text_encoder": self.text_encoder.settings()}
 
-    @torch.inference_mode()
     def embed_features(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        """Vectors for segments given the cache layout (embedding, frames, frame_offsets)."""
-        from sonalign.train.data import audio_batch, model_keys
+        """Vectors for a recording's segments given its features in the cache layout."""
+        from sonalign.batches import encode_audio_items, segment_items
 
-        items = []
-        offsets = features["frame_offsets"]
-        for i, emb in enumerate(features["embedding"]):
-            items.append({"embedding": emb[None, :], "frames": features["frames"][offsets[i] : offsets[i + 1]]})
-        out = []
-        for start in range(0, len(items), 64):
-            batch = audio_batch(items[start : start + 64], model_keys(self.model))
-            out.append(self.model.encode_audio(batch)["embedding"].float().numpy())
-        return _normalize(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+        items = segment_items(features)
+        if not items:
+            return np.zeros((0, self.dim), np.float32)
+        return _as_rows(encode_audio_items(self.model, items)["embedding"])
 
     def embed_segments(self, waves: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        enc = self.audio_encoder.encode(waves, batch_size=batch_size)
-        mask = np.asarray(enc["frames_mask"], bool)
-        frames = [np.asarray(enc["frames"][i][mask[i]], np.float32) for i in range(len(waves))]
-        features = {
-            "embedding": np.asarray(enc["embedding"], np.float32),
-            "frames": np.concatenate(frames),
-            "frame_offsets": np.concatenate([[0], np.cumsum([len(f) for f in frames])]).astype(np.int64),
-        }
-        return self.embed_features(features)
+        from sonalign.cache.features import encode_segments
 
-    @torch.inference_mode()
+        return self.embed_features(encode_segments(self.audio_encoder, waves, len(waves), levels=self.audio_levels,
+                                                   with_mel=self.features.with_mel, batch_size=batch_size))
+
     def embed_text(self, texts: list[str]) -> np.ndarray:
-        from sonalign.train.data import MAX_TOKENS, _pad, split_sentences
+        from sonalign.batches import encode_texts
 
-        enc = self.text_encoder.encode(list(texts))
-        mask = np.asarray(enc["tokens_mask"], bool)
-        tokens, tmask = _pad([np.asarray(enc["tokens"][i][mask[i]], np.float32) for i in range(len(texts))], MAX_TOKENS)
-        batch = {"text_embedding": torch.from_numpy(np.asarray(enc["embedding"], np.float32)), "text_tokens": tokens, "text_tokens_mask": tmask}
-        if "text_segments" in getattr(self.model, "required_inputs", ()):
-            sents = [split_sentences(t) for t in texts]
-            flat = self.text_encoder.encode([s for group in sents for s in group])["embedding"]
-            groups, i = [], 0
-            for group in sents:
-                groups.append(np.asarray(flat[i : i + len(group)], np.float32))
-                i += len(group)
-            batch["text_segments"], batch["text_segments_mask"] = _pad(groups, 256)
-        return _normalize(self.model.encode_text(batch)["embedding"].float().numpy())
+        return _as_rows(encode_texts(self.model, self.texts, list(texts))["embedding"])
+
+
+def _as_rows(embedding: torch.Tensor) -> np.ndarray:
+    """L2-normalised float32 rows (the vector index's contract), with the library's one normalise."""
+    from sonalign.utils.vectors import normalize
+
+    return normalize(embedding.float().numpy())
 
 
 class ClapPairEmbedder:
@@ -125,10 +107,14 @@ class ClapPairEmbedder:
         return {"model": self.name, **self.pair.settings()}
 
     def embed_segments(self, waves: list[np.ndarray], batch_size: int = 8) -> np.ndarray:
-        return _normalize(self.pair.encode_audio(waves, batch_size=batch_size))
+        from sonalign.utils.vectors import normalize
+
+        return normalize(self.pair.encode_audio(waves, batch_size=batch_size))
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
-        return _normalize(self.pair.encode_text(list(texts)))
+        from sonalign.utils.vectors import normalize
+
+        return normalize(self.pair.encode_text(list(texts)))
 
 
 _EMBEDDERS: dict[str, Any] = {}

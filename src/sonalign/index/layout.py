@@ -29,7 +29,13 @@ from sonalign.errors import ConfigError, StorageError
 from sonalign.index.backend import VectorBackend, VectorStorage
 from sonalign.index.metadata import MetadataDB
 from sonalign.index.milvus import MILVUS_OPTIONS, MilvusIndex, collection_tag
-from sonalign.index.milvus_client import URI_ENV, collection_name, connect, drop_collections, server_uri
+from sonalign.index.milvus_client import (
+    URI_ENV,
+    collection_name,
+    connect,
+    drop_collections,
+    server_uri,
+)
 from sonalign.index.vector_file import file_tag
 from sonalign.index.vectors import FaissIndex
 

@@ -45,7 +45,17 @@ import numpy as np
 
 from sonalign.errors import IndexCorruptError
 from sonalign.index.backend import no_hits, padded
-from sonalign.index.milvus_client import CONNECT_TIMEOUT, CONSISTENCY_ENV, _pymilvus, call, connect, in_list, prefix_expr, redact_uri, server_uri
+from sonalign.index.milvus_client import (
+    CONNECT_TIMEOUT,
+    CONSISTENCY_ENV,
+    _pymilvus,
+    call,
+    connect,
+    in_list,
+    prefix_expr,
+    redact_uri,
+    server_uri,
+)
 from sonalign.index.validation import as_ids, check_additions, check_queries
 from sonalign.index.vectors import DEFAULT_EF_SEARCH, HNSW_EF_CONSTRUCTION, HNSW_M
 

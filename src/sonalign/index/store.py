@@ -50,8 +50,17 @@ import numpy as np
 from sonalign.errors import ConfigError, IndexCorruptError
 from sonalign.index.backend import VectorBackend
 from sonalign.index.copies import SNAPSHOT_RATIO, VectorCopies
-from sonalign.index.layout import (DB_FILE, LOCK_FILE, MANIFEST_FILE, acquire_lock, choose_backend, delete_index_files, drop_for_rebuild,
-                                   open_storage, release_lock)
+from sonalign.index.layout import (
+    DB_FILE,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    acquire_lock,
+    choose_backend,
+    delete_index_files,
+    drop_for_rebuild,
+    open_storage,
+    release_lock,
+)
 from sonalign.index.metadata import REBUILD_HINT, MetadataDB, RecordingRow, SegmentRow
 from sonalign.index.records import RecordingInfo, prepare_upsert
 from sonalign.index.vectors import DEFAULT_HNSW_THRESHOLD

@@ -6,18 +6,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from sonalign.utils.vectors import normalize  # noqa: F401 (the index's callers import it from here)
+
 #: Ids must lie in ``0 .. ID_LIMIT - 1`` (faiss reserves negative ids; Milvus keys are int64).
 ID_LIMIT = 2**62
-
-
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation into a new C-contiguous float32 array; zero rows stay zero."""
-    out = np.array(vectors, dtype=np.float32, copy=True, order="C")
-    if out.ndim == 1:
-        out = out[None, :]
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    np.divide(out, norms, out=out, where=norms > 0)
-    return out
 
 
 def as_ids(ids: Iterable[int] | np.ndarray) -> np.ndarray:

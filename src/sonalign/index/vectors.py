@@ -31,7 +31,13 @@ import numpy as np
 
 from sonalign.errors import IndexCorruptError
 from sonalign.index.backend import no_hits, padded
-from sonalign.index.validation import ID_LIMIT, as_ids, check_additions, check_queries, normalize
+from sonalign.index.validation import (
+    ID_LIMIT,
+    as_ids,
+    check_additions,
+    check_queries,
+    normalize,
+)
 from sonalign.index.vector_file import read_index_file, write_index_file
 
 #: Switch from exact search to HNSW at this many vectors.

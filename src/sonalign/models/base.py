@@ -68,9 +68,13 @@ class AlignmentModel(nn.Module):
     #: ``encode_audio`` output the evaluator's linear probe reads.
     probe_output = "embedding"
 
+    #: The method's whole configuration, declared once: every key it reads with its default. A key
+    #: not listed here is a mistake (``ConfigError``); a value of another type than its default's too.
+    defaults: dict[str, Any] = {}
+
     def __init__(self, config: dict[str, Any]):
         super().__init__()
-        self.config = dict(config)
+        self.config = resolve_config(config.get("method", type(self).__name__), self.defaults, config)
 
     def encode_audio(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -101,3 +105,44 @@ class AlignmentModel(nn.Module):
         with torch.no_grad():
             diagnostics = {f"{self.DIAGNOSTIC_PREFIX}{k}": v.detach().reshape(()).to(total.dtype) for k, v in self.diagnostics(audio, text, batch).items()}
         return {"audio": audio, "text": text, "loss": total, "losses": {**losses, **diagnostics}}
+
+
+#: Keys a config may hold besides the method's own: its name, what it is, and feature settings.
+META_KEYS = frozenset({"method", "name", "description", "features"})
+
+
+def resolve_config(method: str, defaults: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated by ``config``; a mistyped key or a value of the wrong type raises ConfigError
+    naming it (nested dicts such as loss ``weights`` are checked key by key)."""
+    from sonalign.errors import ConfigError
+
+    unknown = sorted(set(config) - set(defaults) - META_KEYS)
+    if unknown:
+        raise ConfigError(f"{method}: unknown config keys {unknown}; known: {sorted(defaults)}")
+    out = {**defaults, **{k: v for k, v in config.items() if k in META_KEYS}}
+    for key, value in config.items():
+        if key in META_KEYS:
+            continue
+        default = defaults[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{method}: '{key}' must be a mapping, got {value!r}")
+            value = resolve_config(f"{method}.{key}", default, value)
+        elif not _same_kind(default, value):
+            raise ConfigError(f"{method}: '{key}' must be {type(default).__name__} like its default {default!r}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, list | tuple):
+        return isinstance(value, list | tuple)
+    return isinstance(value, type(default))

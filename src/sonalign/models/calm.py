@@ -71,34 +71,57 @@ from sonalign.models.losses.infonce import InfoNCELoss
 DEFAULT_WEIGHTS = {"calp": 1.0, "masked": 0.5, "classification": 1.0}
 
 
+#: Every configuration key and its default (``configs/calm.json`` overrides some).
+DEFAULTS: dict[str, Any] = {
+    "dim": 128,
+    "embed_dim": 128,
+    "text_dim": 384,
+    "num_heads": 4,
+    "ff_mult": 4,
+    "dropout": 0.1,
+    "weights": dict(DEFAULT_WEIGHTS),
+    "mask_prob": 0.15,
+    "n_mels": 64,
+    "patch_time": 8,
+    "patch_mel": 16,
+    "spectran_layers": 2,
+    "init_temperature": 0.07,
+    "use_multimodal": True,
+    "mm_layers": 2,
+    "num_classes": 7,
+    "use_classifier": True,
+}
+
+
 class CALM(AlignmentModel):
     """SpecTran + CALP + multimodal transformer + emotion head."""
 
     required_inputs = ("audio_mel", "text_embedding", "text_tokens")
     #: Read when present: the emotion head's targets, positive groups, which texts are label prompts.
     optional_inputs = ("labels", "groups", "text_from_label")
+    defaults = DEFAULTS
     #: The evaluator's linear probe reads the CALM embedding, as the paper's downstream tasks do.
     probe_output = "calm_embedding"
 
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
         c = self.config
-        dim, embed, text_dim = c.get("dim", 128), c.get("embed_dim", 128), c.get("text_dim", 384)
-        heads, ff, drop = c.get("num_heads", 4), c.get("ff_mult", 4), c.get("dropout", 0.1)
-        self.weights = {**DEFAULT_WEIGHTS, **c.get("weights", {})}
+        dim, embed, text_dim = c["dim"], c["embed_dim"], c["text_dim"]
+        heads, ff, drop = c["num_heads"], c["ff_mult"], c["dropout"]
+        self.weights = {**DEFAULT_WEIGHTS, **c["weights"]}
         if set(self.weights) != set(DEFAULT_WEIGHTS):
             raise ConfigError(f"calm: unknown loss weights {sorted(set(self.weights) - set(DEFAULT_WEIGHTS))}; known: {sorted(DEFAULT_WEIGHTS)}")
-        self.mask_prob = float(c.get("mask_prob", 0.15))
-        self.spectran = SpecTran(c.get("n_mels", 64), c.get("patch_time", 8), c.get("patch_mel", 16), dim, c.get("spectran_layers", 2), heads, ff, drop)
+        self.mask_prob = float(c["mask_prob"])
+        self.spectran = SpecTran(c["n_mels"], c["patch_time"], c["patch_mel"], dim, c["spectran_layers"], heads, ff, drop)
         self.audio_proj = Projection(dim, embed, drop)
         self.text_proj = Projection(text_dim, embed, drop)
-        self.calp_loss = InfoNCELoss(c.get("init_temperature", 0.07))
-        self.use_multimodal = bool(c.get("use_multimodal", True))
+        self.calp_loss = InfoNCELoss(c["init_temperature"])
+        self.use_multimodal = bool(c["use_multimodal"])
         if self.use_multimodal:
             self.lexical_proj = nn.Linear(text_dim, dim)
             self.modality = nn.Embedding(2, dim)
             self.mm_cls = nn.Parameter(torch.randn(dim) * 0.02)
-            self.mm = TransformerStack(dim, c.get("mm_layers", 2), heads, ff, drop)
+            self.mm = TransformerStack(dim, c["mm_layers"], heads, ff, drop)
             self.mm_norm = nn.LayerNorm(dim)
             if self.weights["masked"] > 0:
                 self.audio_mask_token = nn.Parameter(torch.randn(dim) * 0.02)
@@ -106,7 +129,7 @@ class CALM(AlignmentModel):
                 self.audio_recon = nn.Linear(dim, self.spectran.patch_time * self.spectran.patch_mel)
                 self.lexical_recon = nn.Linear(dim, text_dim)
         self.classifier = (
-            nn.Sequential(nn.Dropout(drop), nn.Linear(dim, c.get("num_classes", 7))) if c.get("use_classifier", True) else None
+            nn.Sequential(nn.Dropout(drop), nn.Linear(dim, c["num_classes"])) if c["use_classifier"] else None
         )
 
     # ------------------------------------------------------------------------ multimodal transformer

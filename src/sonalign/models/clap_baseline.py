@@ -19,26 +19,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sonalign.errors import ConfigError
 from sonalign.models.base import AlignmentModel
 from sonalign.models.components.projection import Projection
 from sonalign.models.losses.infonce import InfoNCELoss
 
 DEFAULTS: dict[str, Any] = {"audio_dim": 512, "text_dim": 384, "embed_dim": 256, "dropout": 0.1, "init_temperature": 0.07}
-_META_KEYS = {"method", "name", "description"}
 
 
 class ClapBaseline(AlignmentModel):
     """Two CLAP projection heads and a contrastive loss on clip-level embeddings."""
 
     required_inputs = ("audio_embedding", "text_embedding")
+    defaults = DEFAULTS
 
     def __init__(self, config: dict[str, Any]):
-        unknown = set(config) - set(DEFAULTS) - _META_KEYS
-        if unknown:
-            raise ConfigError(f"clap_baseline: unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        cfg = {**DEFAULTS, **config}
-        super().__init__(cfg)
+        super().__init__(config)
+        cfg = self.config
         self.audio_proj = Projection(cfg["audio_dim"], cfg["embed_dim"], cfg["dropout"])
         self.text_proj = Projection(cfg["text_dim"], cfg["embed_dim"], cfg["dropout"])
         self.loss_fn = InfoNCELoss(cfg["init_temperature"])

@@ -144,36 +144,69 @@ class _FactorHead(nn.Module):
         return F.normalize(f, dim=-1), F.softmax(self.gate(pooled), dim=-1)
 
 
+#: Every configuration key and its default (``configs/hade.json`` overrides some).
+DEFAULTS: dict[str, Any] = {
+    "audio_dim": 512,
+    "text_dim": 384,
+    "dim": 256,
+    "embed_dim": 256,
+    "num_heads": 4,
+    "ff_mult": 4,
+    "dropout": 0.1,
+    "init_temperature": 0.07,
+    "weights": dict(DEFAULT_WEIGHTS),
+    "hierarchy": "encoder",
+    "audio_pool": "max",
+    "text_pool": "mean",
+    "use_block_level": True,
+    "audio_levels": ["block2", "block3"],
+    "text_levels": ["layer2", "layer4"],
+    "audio_level_dims": [128, 256],
+    "text_level_dims": None,
+    "num_blocks": 4,
+    "block_levels": [1, 2],
+    "use_token_level": True,
+    "use_factors": True,
+    "confidence": "geometric",
+    "factor_mix": 0.5,
+    "pooled_residual": True,
+    "num_factors": 8,
+    "factor_dim": 32,
+    "disentangle_mode": "decorrelation",
+}
+
+
 class HADE(AlignmentModel):
     """Two-stream transformers over the encoders' levels, token/block/sequence alignment, K confidence-weighted latent factors."""
 
     required_inputs = ("audio_frames", "text_tokens")
     #: Read when present: positive groups for the contrastive terms.
     optional_inputs = ("groups",)
+    defaults = DEFAULTS
 
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
         c = self.config
-        audio_dim, text_dim = c.get("audio_dim", 512), c.get("text_dim", 384)
-        dim, embed = c.get("dim", 256), c.get("embed_dim", 256)
-        heads = c.get("num_heads", 4)
-        ff, drop = c.get("ff_mult", 4), c.get("dropout", 0.1)
-        temp = c.get("init_temperature", 0.07)
-        self.weights = {**DEFAULT_WEIGHTS, **c.get("weights", {})}
+        audio_dim, text_dim = c["audio_dim"], c["text_dim"]
+        dim, embed = c["dim"], c["embed_dim"]
+        heads = c["num_heads"]
+        ff, drop = c["ff_mult"], c["dropout"]
+        temp = c["init_temperature"]
+        self.weights = {**DEFAULT_WEIGHTS, **c["weights"]}
         if set(self.weights) != set(DEFAULT_WEIGHTS):
             raise ConfigError(f"hade: unknown loss weights {sorted(set(self.weights) - set(DEFAULT_WEIGHTS))}; known: {sorted(DEFAULT_WEIGHTS)}")
-        self.hierarchy = c.get("hierarchy", "encoder")
+        self.hierarchy = c["hierarchy"]
         if self.hierarchy not in HIERARCHIES:
             raise ConfigError(f"hade: hierarchy must be one of {HIERARCHIES}, got {self.hierarchy!r}")
-        self.audio_pool, self.text_pool = c.get("audio_pool", "max"), c.get("text_pool", "mean")
+        self.audio_pool, self.text_pool = c["audio_pool"], c["text_pool"]
         for name, mode in (("audio_pool", self.audio_pool), ("text_pool", self.text_pool)):
             if mode not in ("max", "mean"):
                 raise ConfigError(f"hade: {name} must be 'max' or 'mean', got {mode!r}")
-        use_blocks = c.get("use_block_level", True) and self.weights["block"] > 0
+        use_blocks = c["use_block_level"] and self.weights["block"] > 0
         if self.hierarchy == "encoder":
-            self.audio_levels = [f"audio_frames_{k}" for k in c.get("audio_levels", ["block2", "block3"])]
-            self.text_levels = [f"text_tokens_{k}" for k in c.get("text_levels", ["layer2", "layer4"])]
-            audio_dims, text_dims = list(c.get("audio_level_dims", [128, 256])), list(c.get("text_level_dims", [text_dim] * len(self.text_levels)))
+            self.audio_levels = [f"audio_frames_{k}" for k in c["audio_levels"]]
+            self.text_levels = [f"text_tokens_{k}" for k in c["text_levels"]]
+            audio_dims, text_dims = list(c["audio_level_dims"]), list(c["text_level_dims"] or [text_dim] * len(self.text_levels))
             if not (len(self.audio_levels) == len(self.text_levels) == len(audio_dims) == len(text_dims)):
                 raise ConfigError("hade: audio_levels, text_levels and their *_level_dims must have the same length")
             depth = len(self.audio_levels) + 1
@@ -182,25 +215,25 @@ class HADE(AlignmentModel):
             self.required_inputs = ("audio_frames", "text_tokens", *self.audio_levels, *self.text_levels)
         else:
             self.audio_levels, self.text_levels = [], []
-            depth = c.get("num_blocks", 4)
+            depth = c["num_blocks"]
             audio_dims, text_dims = [audio_dim], [text_dim]
-            self.block_levels = list(c.get("block_levels", [1, 2])) if use_blocks else []
+            self.block_levels = list(c["block_levels"]) if use_blocks else []
             for level in self.block_levels:
                 if not 0 <= level < depth:
                     raise ConfigError(f"hade: block level {level} outside 0..{depth - 1}")
-        self.use_token = bool(c.get("use_token_level", True)) and self.weights["token"] > 0
-        self.use_factors = bool(c.get("use_factors", True))
-        self.confidence_mode = c.get("confidence", "geometric")
+        self.use_token = bool(c["use_token_level"]) and self.weights["token"] > 0
+        self.use_factors = bool(c["use_factors"])
+        self.confidence_mode = c["confidence"]
         if self.confidence_mode not in ("geometric", "product"):
             raise ConfigError(f"hade: confidence must be 'geometric' or 'product', got {self.confidence_mode!r}")
-        self.factor_mix = float(c.get("factor_mix", 0.5)) if self.use_factors else 0.0
+        self.factor_mix = float(c["factor_mix"]) if self.use_factors else 0.0
 
         self.audio_stream = _Stream(audio_dims, dim, depth, heads, ff, drop, positions=True)
         self.text_stream = _Stream(text_dims, dim, depth, heads, ff, drop, positions=False)
         self.audio_seq = nn.Linear(dim, embed)
         self.text_seq = nn.Linear(dim, embed)
         self.residual: nn.ModuleDict | None = None
-        if c.get("pooled_residual", True):
+        if c["pooled_residual"]:
             self.required_inputs = (*self.required_inputs, "audio_embedding", "text_embedding")
             self.residual = nn.ModuleDict({"audio": PooledResidual(audio_dim, dim, drop), "text": PooledResidual(text_dim, dim, drop)})
         self.seq_loss = InfoNCELoss(temp)
@@ -213,12 +246,12 @@ class HADE(AlignmentModel):
             self.text_block = nn.ModuleList(nn.Linear(dim, embed) for _ in self.block_levels)
             self.block_losses = nn.ModuleList(InfoNCELoss(temp) for _ in self.block_levels)
         if self.use_factors:
-            k, f = c.get("num_factors", 8), c.get("factor_dim", 32)
+            k, f = c["num_factors"], c["factor_dim"]
             self.audio_factors = _FactorHead(dim, k, f)
             self.text_factors = _FactorHead(dim, k, f)
             if self.weights["factor"] > 0:
                 self.factor_loss = ScoreContrastiveLoss(temp)
-            self.disentangle = DisentangleLoss(c.get("disentangle_mode", "decorrelation"))
+            self.disentangle = DisentangleLoss(c["disentangle_mode"])
 
     # ----------------------------------------------------------------------------------- encoders
     def _encode(self, side: str, batch: dict[str, torch.Tensor], final_key: str, level_keys: list[str], pool: str) -> dict[str, torch.Tensor]:

@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sonalign.errors import ConfigError
-from sonalign.models.base import AlignmentModel
+from sonalign.models.base import AlignmentModel, resolve_config
 from sonalign.models.components.cross_attention import BidirectionalCrossAttention
 from sonalign.models.components.pooling import SelfAttentivePooling, frobenius_penalty
 from sonalign.models.components.sequence import SequenceEncoder
@@ -107,15 +107,11 @@ DEFAULTS: dict[str, Any] = {
     "classifier_weight": 1.0,
     "classifier_modality_dropout": 0.3,
 }
-_META_KEYS = {"method", "name", "description"}
 _TEXT_KEYS = ("text_segments", "text_tokens")
 
 
 def _validate(config: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(config) - set(DEFAULTS) - _META_KEYS
-    if unknown:
-        raise ConfigError(f"hilbert: unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    cfg = {**DEFAULTS, **config}
+    cfg = resolve_config(config.get("method", "hilbert"), DEFAULTS, config)
     if cfg["text_input"] not in _TEXT_KEYS:
         raise ConfigError(f"hilbert: text_input must be one of {_TEXT_KEYS}, not {cfg['text_input']!r}")
     if cfg["cka_pairs"] not in ("modality_joint", "audio_text"):
@@ -156,6 +152,7 @@ class Hilbert(AlignmentModel):
     required_inputs = ("audio_segments", "text_segments")
     #: Read when present: classifier targets, positive groups, which texts are label prompts.
     optional_inputs = ("labels", "groups", "text_from_label")
+    defaults = DEFAULTS
 
     def __init__(self, config: dict[str, Any]):
         cfg = _validate(config)

@@ -94,12 +94,42 @@ def _mask_of(batch: dict[str, torch.Tensor], key: str) -> torch.Tensor:
     return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask.bool()
 
 
+#: Every configuration key and its default (``configs/mga-clap.json`` overrides some).
+DEFAULTS: dict[str, Any] = {
+    "codebook_preset": "reference",
+    "num_codes": CODEBOOK_PRESETS["reference"]["num_codes"],
+    "codebook_temperature": CODEBOOK_PRESETS["reference"]["codebook_temperature"],
+    "audio_dim": 512,
+    "text_dim": 384,
+    "dim": 256,
+    "embed_dim": 256,
+    "num_heads": 4,
+    "ff_mult": 4,
+    "dropout": 0.1,
+    "audio_layers": 1,
+    "use_locality_block": True,
+    "locality_mode": "value",
+    "locality_window": 2,
+    "text_layers": 1,
+    "sparsify": "sparsemax",
+    "top_k": 32,
+    "use_codebook": True,
+    "hard_negative_beta": 0.15,
+    "init_temperature": 0.07,
+    "contrastive_weight": 1.0,
+    "embed_reg_weight": 1.0,
+    "pooled_residual": True,
+    "shared_weight": 1.0,
+}
+
+
 class MGAClap(AlignmentModel):
     """Shared-codebook global embeddings, locality-aware frame features, hard-negative contrastive loss."""
 
     required_inputs = ("audio_frames", "text_tokens")
     #: Read when present: positive groups for the contrastive loss.
     optional_inputs = ("groups",)
+    defaults = DEFAULTS
 
     def __init__(self, config: dict[str, Any]):
         preset = config.get("codebook_preset", "reference")
@@ -107,34 +137,34 @@ class MGAClap(AlignmentModel):
             raise ConfigError(f"mga_clap: codebook_preset must be one of {sorted(CODEBOOK_PRESETS)}, not {preset!r}")
         super().__init__({**CODEBOOK_PRESETS[preset], **config, "codebook_preset": preset})
         c = self.config
-        audio_dim, text_dim = c.get("audio_dim", 512), c.get("text_dim", 384)
-        dim, embed = c.get("dim", 256), c.get("embed_dim", 256)
-        heads, ff, drop = c.get("num_heads", 4), c.get("ff_mult", 4), c.get("dropout", 0.1)
+        audio_dim, text_dim = c["audio_dim"], c["text_dim"]
+        dim, embed = c["dim"], c["embed_dim"]
+        heads, ff, drop = c["num_heads"], c["ff_mult"], c["dropout"]
         self.audio_in = nn.Linear(audio_dim, dim)
-        self.audio_blocks = TransformerStack(dim, c.get("audio_layers", 1), heads, ff, drop)
-        if c.get("use_locality_block", True):
-            self.audio_last: nn.Module = LocalityAwareBlock(dim, heads, c.get("locality_mode", "value"), c.get("locality_window", 2), ff, drop)
+        self.audio_blocks = TransformerStack(dim, c["audio_layers"], heads, ff, drop)
+        if c["use_locality_block"]:
+            self.audio_last: nn.Module = LocalityAwareBlock(dim, heads, c["locality_mode"], c["locality_window"], ff, drop)
         else:
             self.audio_last = TransformerBlock(dim, heads, ff, drop)
         self.frame_proj = _token_mlp(dim, embed)
         self.text_in = nn.Linear(text_dim, dim)
-        self.text_blocks = TransformerStack(dim, c.get("text_layers", 1), heads, ff, drop)
+        self.text_blocks = TransformerStack(dim, c["text_layers"], heads, ff, drop)
         self.word_proj = _token_mlp(dim, embed)
         self.codebook = (
-            SharedCodebook(c["num_codes"], embed, c["codebook_temperature"], c.get("sparsify", "sparsemax"), c.get("top_k", 32))
-            if c.get("use_codebook", True)
+            SharedCodebook(c["num_codes"], embed, c["codebook_temperature"], c["sparsify"], c["top_k"])
+            if c["use_codebook"]
             else None
         )
-        self.contrastive = HardNegativeInfoNCELoss(beta=c.get("hard_negative_beta", 0.15), init_temperature=c.get("init_temperature", 0.07))
-        self.contrastive_weight = float(c.get("contrastive_weight", 1.0))
-        self.embed_reg_weight = float(c.get("embed_reg_weight", 1.0))
+        self.contrastive = HardNegativeInfoNCELoss(beta=c["hard_negative_beta"], init_temperature=c["init_temperature"])
+        self.contrastive_weight = float(c["contrastive_weight"])
+        self.embed_reg_weight = float(c["embed_reg_weight"])
         self.residual: nn.ModuleDict | None = None
-        if c.get("pooled_residual", True):
+        if c["pooled_residual"]:
             self.required_inputs = ("audio_frames", "text_tokens", "audio_embedding", "text_embedding")
             self.residual = nn.ModuleDict({"audio": PooledResidual(audio_dim, embed, drop), "text": PooledResidual(text_dim, embed, drop)})
-            self.shared_weight = float(c.get("shared_weight", 1.0))
+            self.shared_weight = float(c["shared_weight"])
             if self.shared_weight > 0:
-                self.shared_contrastive = HardNegativeInfoNCELoss(beta=c.get("hard_negative_beta", 0.15), init_temperature=c.get("init_temperature", 0.07))
+                self.shared_contrastive = HardNegativeInfoNCELoss(beta=c["hard_negative_beta"], init_temperature=c["init_temperature"])
 
     def _global(self, feats: torch.Tensor, mask: torch.Tensor, frozen: torch.Tensor | None, side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(retrieval embedding, shared-space embedding, code weights): the shared-space (codebook)

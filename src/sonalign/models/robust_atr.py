@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sonalign.errors import ConfigError
-from sonalign.models.base import AlignmentModel
+from sonalign.models.base import AlignmentModel, resolve_config
 from sonalign.models.components.cross_attention import PairwiseBiAttention
 from sonalign.models.components.pooling import AttentivePooling
 from sonalign.models.components.residual import PooledResidual
@@ -99,14 +99,10 @@ DEFAULTS: dict[str, Any] = {
     "similarity_max_elements": 1 << 24,
     "pooled_residual": True,
 }
-_META_KEYS = {"method", "name", "description", "features"}
 
 
 def _validate(config: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(config) - set(DEFAULTS) - _META_KEYS
-    if unknown:
-        raise ConfigError(f"robust_atr: unknown config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    cfg = {**DEFAULTS, **config}
+    cfg = resolve_config(config.get("method", "robust_atr"), DEFAULTS, config)
     if cfg["similarity"] not in ("refined", "flat"):
         raise ConfigError(f"robust_atr: similarity must be 'refined' or 'flat', not {cfg['similarity']!r}")
     if cfg["w_con"] <= 0:
@@ -122,6 +118,7 @@ class RobustATR(AlignmentModel):
     required_inputs = ("audio_segments", "text_tokens")
     #: Read when present: positive groups for the contrastive terms.
     optional_inputs = ("groups",)
+    defaults = DEFAULTS
 
     def __init__(self, config: dict[str, Any]):
         cfg = _validate(config)

@@ -39,10 +39,9 @@ from sonalign.data.readers import load_clips, problem_report
 from sonalign.errors import ConfigError
 from sonalign.evaluation.retrieval import evaluate_retrieval
 from sonalign.models.factory import create_model, get_model_config
-from sonalign.train import distributed
-from sonalign.train.data import PairedFeatures, build_paired, make_batch, model_keys
-from sonalign.train.encode import split_scores
-from sonalign.train.prompts import guess_template
+from sonalign import distributed
+from sonalign.batches import PairedFeatures, build_paired, make_batch, model_keys, split_scores
+from sonalign.data.prompts import guess_template
 from sonalign.utils.atomic import atomic_path, atomic_write_text
 from sonalign.utils.device import resolve_device, to_device
 from sonalign.utils.progress import progress
@@ -153,7 +152,7 @@ def prepare_data(settings: TrainSettings, model_config: dict[str, Any], *, show_
     cache.extract(train + val, show_progress=show_progress)
     label_names = sorted(set(labels)) if labels else None
     if label_names:
-        from sonalign.train.data import _label_key
+        from sonalign.batches import _label_key
 
         label_names = sorted(label_names, key=_label_key)
     if distributed.is_dist() and not distributed.is_main():
@@ -358,8 +357,8 @@ def validation_metrics(model, cache: FeatureCache, data: PairedFeatures) -> dict
     are prompts of a class): zero-shot top-1 accuracy over the class prompts, since a retrieval
     query such as "the sound of coughing" has every coughing clip as a correct answer.
     """
-    from sonalign.train.encode import encode_audio_items, encode_texts, score_matrix
-    from sonalign.train.prompts import render
+    from sonalign.batches import encode_audio_items, encode_texts, score_matrix
+    from sonalign.data.prompts import render
 
     model.eval()
     if data.labels is not None and data.template:

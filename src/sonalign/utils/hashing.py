@@ -11,12 +11,20 @@ from typing import Any
 from sonalign.utils.atomic import atomic_write_text
 
 
+_DIGESTS: dict[tuple[str, tuple[int, ...]], str] = {}
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a file's bytes, remembered in this process while the file's :func:`stat_key` holds."""
+    path = Path(path)
+    key = (str(path.resolve()), tuple(stat_key(path.stat())))
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def settings_hash(settings: Any, length: int = 12) -> str:

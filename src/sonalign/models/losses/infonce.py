@@ -5,7 +5,7 @@ Elizalde et al., "CLAP: Learning Audio Concepts from Natural Language Supervisio
 
 loss = 1/2 [ CE(s * A T^T, I) + CE(s * T A^T, I) ],  s = exp(logit_scale) clamped to <= 100.
 
-Data-parallel training (``sonalign.train.distributed``): when a process group of more than one
+Data-parallel training (``sonalign.distributed``): when a process group of more than one
 rank is up, the negatives come from the global batch. Both sides are gathered with gradients, each
 rank scores its local rows against all ranks' rows (targets offset by the rank's first global row)
 and returns the mean over its local rows; with the trainer's shard weighting and DDP's gradient
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sonalign.train import distributed
+from sonalign import distributed
 
 
 def _scale(logit_scale: torch.Tensor | float) -> torch.Tensor | float:

@@ -1,22 +1,33 @@
-"""From a feature-cache view to model batches (the keys listed in ``sonalign.models.base``).
+"""Encoder features -> model batches -> embeddings and scores: the one path every caller takes.
 
-A :class:`PairedFeatures` holds, for one split, every clip's cached audio features and every text
-describing it (captions, transcript, or a label rendered with a prompt template). Training draws
-one (clip, text) pair per item; evaluation encodes clips and texts separately and keeps the
-``text_to_clip`` map for the several-captions-per-clip protocol.
+Training, evaluation and the index all turn features into batches (the keys listed in
+``sonalign.models.base``) here, so a clip embedded at index time and the same clip scored by
+``sonalign evaluate`` go through the same code (a test checks that they are equal).
+
+* Audio items are dicts in the feature cache's per-recording layout (``embedding`` (S, D) per
+  segment, ``frames``, ``frames_{level}``, ``mel``...): :func:`audio_batch`;
+  :func:`segment_items` splits a recording into one item per segment (how the index embeds).
+* Texts come from a text-feature source with ``ensure(texts)`` / ``get(text)`` (the cache's
+  :class:`~sonalign.cache.text_store.TextFeatureStore`, on disk or in memory): :func:`text_batch`.
+* A :class:`PairedFeatures` holds, for one split, every clip's cached audio features and every text
+  describing it (captions, transcript, or a label rendered with a prompt template). Training draws
+  one (clip, text) pair per item (:func:`make_batch`); evaluation encodes clips and texts
+  separately (:func:`encode_audio_items`, :func:`encode_texts`, :func:`score_matrix`) and keeps
+  the ``text_to_clip`` map for the several-captions-per-clip protocol.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from sonalign.cache.features import FeatureCache
 from sonalign.data.clips import Clip
-from sonalign.train.prompts import render
+from sonalign.data.prompts import render
 
 #: Caps that keep memory bounded on long recordings (frames beyond are dropped, deterministically).
 MAX_FRAMES = 512
@@ -131,11 +142,13 @@ def audio_batch(items: list[dict[str, np.ndarray]], keys: set[str] | None = None
     return batch
 
 
-def text_batch(cache: FeatureCache, texts: list[str], keys: set[str] | None = None) -> dict[str, torch.Tensor]:
+def text_batch(source: Any, texts: list[str], keys: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Collate text features from ``source``: a text store, or anything with one (a :class:`FeatureCache`)."""
+    store = getattr(source, "text_store", source)
     want = keys or {"text_embedding", "text_tokens", "text_segments"}
     needed = list(texts) + ([s for t in texts for s in split_sentences(t)] if "text_segments" in want else [])
-    cache.text_store.ensure(needed)
-    feats = [cache.text_store.get(t) for t in texts]
+    store.ensure(needed)
+    feats = [store.get(t) for t in texts]
     batch: dict[str, torch.Tensor] = {}
     if "text_embedding" in want:
         batch["text_embedding"] = torch.from_numpy(np.stack([f["embedding"] for f in feats]).astype(np.float32))
@@ -146,7 +159,7 @@ def text_batch(cache: FeatureCache, texts: list[str], keys: set[str] | None = No
         if all(name in f for f in feats):
             batch[key] = _pad([f[name] for f in feats], MAX_TOKENS)[0]
     if "text_segments" in want:
-        sents = [np.stack([cache.text_store.get(s)["embedding"] for s in split_sentences(t)]) for t in texts]
+        sents = [np.stack([store.get(s)["embedding"] for s in split_sentences(t)]) for t in texts]
         batch["text_segments"], batch["text_segments_mask"] = _pad(sents, MAX_SEGMENTS)
     return batch
 
@@ -167,3 +180,62 @@ def make_batch(cache: FeatureCache, data: PairedFeatures, text_indices: np.ndarr
     if data.text_from_label is not None:
         batch["text_from_label"] = torch.from_numpy(data.text_from_label[text_indices])
     return batch
+
+
+def segment_items(features: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+    """A recording's features (cache layout) as one audio item per segment: the index embeds each
+    segment as a clip of its own."""
+    offsets = features["frame_offsets"]
+    frame_keys = [k for k in features if k == "frames" or k.startswith("frames_")]
+    items = []
+    for i, emb in enumerate(features["embedding"]):
+        item = {"embedding": emb[None, :], **{k: features[k][offsets[i] : offsets[i + 1]] for k in frame_keys}}
+        if "mel" in features:
+            item["mel"] = features["mel"][features["mel_offsets"][i] : features["mel_offsets"][i + 1]]
+        items.append(item)
+    return items
+
+
+def _concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate encode outputs along the batch; sequence outputs are padded to a common length."""
+    out: dict[str, torch.Tensor] = {}
+    for key in parts[0]:
+        values = [p[key] for p in parts]
+        if values[0].dim() >= 2 and len({v.shape[1] for v in values}) > 1:
+            length = max(v.shape[1] for v in values)
+            values = [torch.nn.functional.pad(v, [0, 0] * (v.dim() - 2) + [0, length - v.shape[1]]) for v in values]
+        out[key] = torch.cat(values)
+    return out
+
+
+@torch.inference_mode()
+def encode_audio_items(model, items: list[dict[str, np.ndarray]], batch_size: int = 64) -> dict[str, torch.Tensor]:
+    keys = model_keys(model)
+    parts = [model.encode_audio(audio_batch(items[i : i + batch_size], keys)) for i in range(0, len(items), batch_size)]
+    return _concat(parts)
+
+
+@torch.inference_mode()
+def encode_texts(model, source: Any, texts: list[str], batch_size: int = 128) -> dict[str, torch.Tensor]:
+    keys = model_keys(model)
+    parts = [model.encode_text(text_batch(source, texts[i : i + batch_size], keys)) for i in range(0, len(texts), batch_size)]
+    return _concat(parts)
+
+
+def _rows(d: dict[str, torch.Tensor], lo: int, hi: int) -> dict[str, torch.Tensor]:
+    return {k: v[lo:hi] for k, v in d.items()}
+
+
+@torch.inference_mode()
+def score_matrix(model, audio: dict[str, torch.Tensor], text: dict[str, torch.Tensor], chunk: int = 512) -> np.ndarray:
+    """(n_audio, n_text) similarities via ``model.similarity``, in row chunks to bound memory."""
+    n = audio["embedding"].shape[0]
+    rows = [model.similarity(_rows(audio, i, i + chunk), text) for i in range(0, n, chunk)]
+    return torch.cat(rows).float().numpy()
+
+
+def split_scores(model, cache: FeatureCache, data: PairedFeatures) -> np.ndarray:
+    model.eval()
+    audio = encode_audio_items(model, data.audio)
+    text = encode_texts(model, cache, data.texts)
+    return score_matrix(model, audio, text)
