@@ -18,15 +18,6 @@ from sonalign.models.components.pooling import (
 from sonalign.models.components.sequence import SequenceEncoder, sinusoidal_positions
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to oversubscribed CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _mask(lengths: list[int], size: int) -> torch.Tensor:
     return torch.arange(size)[None, :] < torch.tensor(lengths)[:, None]
 

@@ -16,15 +16,6 @@ from sonalign.models.losses.infonce import InfoNCELoss, info_nce
 from sonalign.models.losses.reciprocal import ReciprocalDualContrastiveLoss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to oversubscribed CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _unit(*shape: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1)

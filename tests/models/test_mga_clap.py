@@ -1,23 +1,14 @@
-"""MGA-CLAP: shared codebook, locality-aware block, hard-negative loss, frame-level grounding scores."""
+"""MGA-CLAP: shared codebook, locality-aware block, hard-negative loss, frame-level grounding scores
+(its contract, gradients, training, padding, saving: test_model_contract.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from model_checks import frames_and_tokens, opened, params_without_finite_grad, with_pooled
 from sonalign.models import create_model
 from sonalign.models.mga_clap import MGAClap
-from model_checks import params_without_finite_grad, train_briefly
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models run faster (and far more predictably on a shared 2-core box) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SMALL = dict(dim=32, embed_dim=16, num_codes=32, num_heads=2, ff_mult=2, audio_layers=1, text_layers=1)
 
@@ -27,120 +18,27 @@ def _model(**overrides) -> MGAClap:
     return opened(create_model("mga-clap", **{**SMALL, **overrides}))
 
 
-def opened(model):
-    """Open the pooled-residual gates (0 at initialisation, i.e. the learned branch switched off), as
-    training does, so these tests exercise the method's own pooling inside the global embedding."""
-    for gate in getattr(model, "residual", None).values() if getattr(model, "residual", None) is not None else ():
-        gate.alpha.data.fill_(1.0)
-    return model
-
-
-def _padded(n: int, t: int, d: int, min_len: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.randn(n, t, d, generator=g)
-    lengths = torch.randint(min_len, t + 1, (n,), generator=g)
-    lengths[0] = min_len
-    return x, torch.arange(t)[None, :] < lengths[:, None]
-
-
-def with_pooled(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Add the frozen encoders' pooled vectors, as the cache gives them: max over valid frames (aisfx),
-    mean over valid tokens (MiniLM)."""
-    fm = batch.get("audio_frames_mask", torch.ones(batch["audio_frames"].shape[:2], dtype=torch.bool))
-    tm = batch.get("text_tokens_mask", torch.ones(batch["text_tokens"].shape[:2], dtype=torch.bool))
-    audio = batch["audio_frames"].masked_fill(~fm[..., None], float("-inf")).amax(1)
-    text = (batch["text_tokens"] * tm[..., None]).sum(1) / tm.sum(1, keepdim=True)
-    return {**batch, "audio_embedding": audio, "text_embedding": text}
-
-
 def random_batch(n: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    frames, frames_mask = _padded(n, 14, 512, 4, g)
-    tokens, tokens_mask = _padded(n, 7, 384, 2, g)
-    return with_pooled({"audio_frames": frames, "audio_frames_mask": frames_mask, "text_tokens": tokens, "text_tokens_mask": tokens_mask})
+    return frames_and_tokens(n, seed)
 
 
-def paired_set(n: int = 16, seed: int = 1) -> dict[str, torch.Tensor]:
-    """Audio frames from a per-clip latent; text tokens = a fixed random linear map of the clip's mean frame + noise."""
-    g = torch.Generator().manual_seed(seed)
-    frames = torch.randn(n, 1, 512, generator=g) + 0.5 * torch.randn(n, 12, 512, generator=g)
-    frames_mask = torch.arange(12)[None, :] < torch.randint(6, 13, (n, 1), generator=g)
-    mapping = torch.randn(512, 384, generator=g) / 512**0.5
-    mean = (frames * frames_mask[..., None]).sum(1) / frames_mask.sum(1, keepdim=True)
-    tokens = (mean @ mapping)[:, None, :] + 0.5 * torch.randn(n, 6, 384, generator=g)
-    tokens_mask = torch.arange(6)[None, :] < torch.randint(3, 7, (n, 1), generator=g)
-    return with_pooled({"audio_frames": frames, "audio_frames_mask": frames_mask, "text_tokens": tokens, "text_tokens_mask": tokens_mask})
-
-
-def test_registry_builds_mga_clap():
+def test_registered_config_uses_the_papers_hard_negative_weight():
+    """(Class, eval mode, ``required_inputs`` with and without the pooled residual: test_model_contract.py.)"""
     model = create_model("mga-clap")
-    assert isinstance(model, MGAClap) and not model.training
-    assert model.required_inputs == ("audio_frames", "text_tokens", "audio_embedding", "text_embedding")
-    assert create_model("mga-clap", pooled_residual=False).required_inputs == ("audio_frames", "text_tokens")
     assert model.contrastive.beta == pytest.approx(0.15)
 
 
-def test_forward_finite_loss_and_sparse_code_weights():
+def test_code_weights_are_sparse_distributions_over_the_codebook():
+    """(Loss terms, embedding norms: test_model_contract.py.)"""
     model = _model().train()
     out = model(random_batch())
-    assert {"contrastive", "embed_reg"} <= set(out["losses"]) and torch.isfinite(out["loss"])
     for side in ("audio", "text"):
-        assert torch.allclose(out[side]["embedding"].norm(dim=-1), torch.ones(8), atol=1e-5)
         w = out[side]["code_weights"]
         assert w.shape == (8, 32) and (w >= 0).all() and torch.allclose(w.sum(-1), torch.ones(8), atol=1e-5)
     # sparsemax at a low temperature: most codewords get exactly zero weight
     sharp = _model(codebook_temperature=0.05).eval()
     with torch.no_grad():
         assert ((sharp.encode_audio(random_batch())["code_weights"] == 0).float().mean() > 0.5)
-
-
-def test_every_trainable_parameter_gets_a_finite_gradient():
-    assert params_without_finite_grad(_model(), random_batch()) == []
-
-
-def test_short_training_lowers_the_loss():
-    model = _model(dropout=0.0)
-    data = paired_set()
-    initial, final = train_briefly(model, data, 25)
-    with torch.no_grad():
-        sim = model.similarity(model.encode_audio(data), model.encode_text(data))
-    assert final < 0.7 * initial, (initial, final)
-    assert (sim.argmax(1) == torch.arange(16)).float().mean() >= 0.9
-
-
-def test_padded_positions_do_not_change_outputs():
-    model = _model().eval()
-    batch = random_batch()
-    poisoned = {k: v.clone() for k, v in batch.items()}
-    poisoned["audio_frames"][~batch["audio_frames_mask"]] = 1e3
-    poisoned["text_tokens"][~batch["text_tokens_mask"]] = -1e3
-    with torch.no_grad():
-        a, t = model.encode_audio(batch), model.encode_text(batch)
-        a2, t2 = model.encode_audio(poisoned), model.encode_text(poisoned)
-        assert torch.allclose(a["embedding"], a2["embedding"], atol=1e-5) and torch.allclose(a["frames"], a2["frames"], atol=1e-5)
-        assert torch.allclose(t["embedding"], t2["embedding"], atol=1e-5)
-        unmasked = {**poisoned, "text_tokens_mask": torch.ones_like(batch["text_tokens_mask"])}
-        assert not torch.allclose(model.encode_text(unmasked)["embedding"], t["embedding"], atol=1e-3)
-
-
-def test_padded_row_equals_the_unpadded_sequence_alone():
-    model = _model().eval()
-    batch = random_batch()
-    n_a, n_t = int(batch["audio_frames_mask"][0].sum()), int(batch["text_tokens_mask"][0].sum())
-    alone = with_pooled({"audio_frames": batch["audio_frames"][:1, :n_a], "text_tokens": batch["text_tokens"][:1, :n_t]})
-    with torch.no_grad():
-        a, t = model.encode_audio(batch), model.encode_audio(alone)  # t: the lone clip's outputs
-        assert torch.allclose(model.encode_text(batch)["embedding"][:1], model.encode_text(alone)["embedding"], atol=1e-5)
-    for key in ("embedding", "frames"):
-        ref = a[key][:1, :n_a] if a[key].dim() == 3 else a[key][:1]  # per-frame outputs: valid frames only
-        assert torch.allclose(ref, t[key], atol=1e-5), key
-
-
-def test_eval_is_deterministic():
-    model = _model().eval()
-    batch = random_batch()
-    with torch.no_grad():
-        first, second = model(batch), model(batch)
-    assert torch.equal(first["loss"], second["loss"]) and torch.equal(first["text"]["embedding"], second["text"]["embedding"])
 
 
 def test_frame_scores_one_value_per_valid_frame():
@@ -214,7 +112,7 @@ def test_ablations_run_and_train(overrides):
     out = model(random_batch())
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert params_without_finite_grad(model) == []
     if overrides.get("use_codebook") is False:
         assert "code_weights" not in out["audio"]
 

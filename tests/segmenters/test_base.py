@@ -16,12 +16,14 @@ from sonalign.segmenters.base import (
     FrameEnergies,
     Framer,
     frame_mean_square,
+    wave_blocks,
+)
+from sonalign.segmenters.postprocess import (
     hysteresis,
     make_segments,
     postprocess_activity,
     runs,
     split_span,
-    wave_blocks,
 )
 
 HOP = 0.01

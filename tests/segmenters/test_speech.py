@@ -175,11 +175,11 @@ def test_hour_long_file_uses_bounded_memory(tmp_path):
 
 def one_pass_probabilities(wave16k: np.ndarray) -> np.ndarray:
     """Silero's own stateful wrapper, one window at a time over the whole wave (the reference)."""
+    import warnings
+
     import torch
 
     from sonalign.segmenters.speech import WINDOW
-
-    import warnings
 
     with warnings.catch_warnings():  # torch >= 2.9 marks torch.jit.load deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -202,8 +202,8 @@ def speech_mask(segs, seconds: float, step: float = 0.01) -> np.ndarray:
 @needs_espeak
 def test_short_file_equals_one_silero_pass(tts):
     """A file shorter than one stream (10.24 s) runs exactly as one pass of silero's own wrapper."""
-    from sonalign.segmenters.base import wave_blocks
     from sonalign.audio.io import resample
+    from sonalign.segmenters.base import wave_blocks
 
     wave, sr = tts[1]
     wave16 = resample(wave, sr, 16000)

@@ -18,15 +18,21 @@ from typing import Any
 import numpy as np
 
 from sonalign.audio.io import find_audio_files, load_audio
+from sonalign.batches import (
+    PairedFeatures,
+    build_paired,
+    encode_audio_items,
+    encode_texts,
+    score_matrix,
+)
 from sonalign.cache.features import FeatureCache, FeatureSettings, default_cache_dir
+from sonalign.data.prompts import render
 from sonalign.data.readers import load_clips, problem_report
 from sonalign.errors import ConfigError
 from sonalign.evaluation.noise import NoiseBank
 from sonalign.evaluation.retrieval import evaluate_retrieval, retrieval_metrics
 from sonalign.evaluation.zeroshot import zero_shot_from_scores
 from sonalign.models.factory import create_model
-from sonalign.batches import PairedFeatures, build_paired, encode_audio_items, encode_texts, score_matrix
-from sonalign.data.prompts import render
 from sonalign.utils.hashing import settings_hash
 
 DEFAULT_SNRS = (15.0, 10.0, 5.0)
@@ -184,8 +190,12 @@ def probe_run(model, cache: FeatureCache, probe_data: str | Path, *, show_progre
     """
     import torch
 
-    from sonalign.evaluation.probe import linear_probe, unweighted_accuracy, weighted_accuracy
     from sonalign.batches import audio_batch, model_keys
+    from sonalign.evaluation.probe import (
+        linear_probe,
+        unweighted_accuracy,
+        weighted_accuracy,
+    )
 
     splits = {}
     for name in ("train", "val", "test"):

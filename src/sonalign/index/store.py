@@ -4,8 +4,7 @@
 searched through a copy of its vectors (faiss files, or Milvus collections): see
 :mod:`sonalign.index.layout` for the files and :mod:`sonalign.index.backend` for the contract.
 
-Crash-consistency design
-------------------------
+Crash-consistency design:
 * Every change (``upsert_recording``, ``remove_recording``) goes into one SQLite transaction (WAL,
   ``synchronous=FULL``); each upsert is a savepoint inside it, so a failing upsert undoes only itself.
   ``commit()`` bumps the ``generation`` number, records for each changed vector kind the generation it
@@ -25,13 +24,13 @@ Crash-consistency design
   generation → it is brought up to date from SQLite. Row ids are ``AUTOINCREMENT`` (never reused), so
   a row id names one immutable vector and the repair is a set difference: remove the ids SQLite no
   longer has, add the ones the copy lacks (reading their BLOBs). The result is saved back (writer) or
-  kept in memory (read-only opener). So no segment is lost or duplicated, and no file is ever torn.
+  kept in memory (read-only opener): no segment is lost or duplicated, no file ever torn.
 * A damaged file (garbage, truncated, bad checksum) is not silently replaced: ``IndexCorruptError``
   names it and says how to rebuild (``sonalign index DIR --out IDX --rebuild``). A damaged vector file
   can also be regenerated from ``meta.sqlite`` with ``IndexStore.open(IDX, repair=True)``.
 
-Readers (the web server) open with ``readonly=True``; SQLite's WAL lets them read while a writer works,
-and :meth:`IndexStore.refresh` brings their copies up to the writer's commits (see there).
+Readers (the web server) open with ``readonly=True``: SQLite's WAL lets them read while a writer works, and
+:meth:`IndexStore.refresh` brings their copies up to the writer's commits.
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from sonalign.errors import ConfigError
-from sonalign.segmenters.base import Segmenter, postprocess_activity
+from sonalign.segmenters.base import Segmenter
 from sonalign.segmenters.energy import EnergySegmenter
 from sonalign.segmenters.fixed import FixedSegmenter
+from sonalign.segmenters.postprocess import postprocess_activity
 from sonalign.segmenters.speech import SpeechSegmenter
 
 #: name -> class; each class carries ``description`` (torch is imported only when ``speech`` runs).

@@ -55,11 +55,13 @@ from sonalign.segmenters.base import (
     Segmenter,
     check_positive,
     check_post,
+    to_db,
+)
+from sonalign.segmenters.postprocess import (
     frame_range,
     hysteresis,
     make_segments,
     postprocess_activity,
-    to_db,
 )
 from sonalign.segments import Segment
 

@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from sonalign.segmenters.base import DEFAULT_BLOCK_SECONDS, FrameEnergies, Segmenter, check_positive, frame_range, make_segments, to_db
+from sonalign.segmenters.base import (
+    DEFAULT_BLOCK_SECONDS,
+    FrameEnergies,
+    Segmenter,
+    check_positive,
+    to_db,
+)
+from sonalign.segmenters.postprocess import frame_range, make_segments
 from sonalign.segments import Segment
 
 CELL_SECONDS = 0.010

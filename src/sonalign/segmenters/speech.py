@@ -51,11 +51,13 @@ from sonalign.segmenters.base import (
     check_positive,
     check_post,
     frame_mean_square,
+    to_db,
+)
+from sonalign.segmenters.postprocess import (
     frame_range,
     hysteresis,
     make_segments,
     postprocess_activity,
-    to_db,
 )
 from sonalign.segments import Segment
 
