@@ -40,6 +40,7 @@ from sonalign.data.readers import load_clips, problem_report
 from sonalign.errors import AudioError, ConfigError, SonalignError
 from sonalign.segments import Segment
 from sonalign.utils.atomic import atomic_path, atomic_write_text
+from sonalign.utils.paths import CACHE_ENV, default_cache_dir  # noqa: F401 (re-exported)
 from sonalign.utils.hashing import HashMemo, settings_hash
 from sonalign.utils.progress import progress
 
@@ -66,19 +67,6 @@ class SegmentWaves:
     def __getitem__(self, i: int) -> np.ndarray:
         s = self.segments[i]
         return load_audio(self.path, self.sample_rate, start=s.start, duration=s.duration, allow_silent=True)[0]
-
-
-CACHE_ENV = "SONALIGN_CACHE"
-
-
-def default_cache_dir() -> Path:
-    """sonalign's one cache folder: ``$SONALIGN_CACHE``, else ``$XDG_CACHE_HOME/sonalign``, else
-    ``~/.cache/sonalign``."""
-    import os
-
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "sonalign"
 
 
 @dataclass

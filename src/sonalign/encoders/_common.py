@@ -18,7 +18,7 @@ def sha256_file(path: str | Path, short: int = SHORT_HASH) -> str:
     """Short sha256 of a file's bytes (the memoised :func:`sonalign.utils.hashing.file_sha256`)."""
     from sonalign.utils.hashing import file_sha256
 
-    return file_sha256(path)[:short]
+    return file_sha256(path, across_processes=True)[:short]
 
 
 def sha256_files(paths: Sequence[str | Path], root: str | Path | None = None, short: int = SHORT_HASH) -> str:

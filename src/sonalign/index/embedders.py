@@ -61,7 +61,7 @@ class RunEmbedder:
     def settings(self) -> dict[str, Any]:
         from sonalign.utils.hashing import file_sha256
 
-        return {"model": self.name, "weights_sha256": file_sha256(self.run_dir / "model.safetensors")[:16],
+        return {"model": self.name, "weights_sha256": file_sha256(self.run_dir / "model.safetensors", across_processes=True)[:16],
                 "audio_encoder": self.audio_encoder.settings(), "text_encoder": self.text_encoder.settings()}
 
     def embed_features(self, features: dict[str, np.ndarray]) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,19 +13,37 @@ from sonalign.utils.atomic import atomic_write_text
 
 
 _DIGESTS: dict[tuple[str, tuple[int, ...]], str] = {}
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, remembered in this process while the file's :func:`stat_key` holds."""
+def file_sha256(path: str | Path, chunk: int = 1 << 20, *, across_processes: bool = False) -> str:
+    """sha256 of a file's bytes, remembered while the file's :func:`stat_key` holds: in this process,
+    and with ``across_processes`` in ``$SONALIGN_CACHE/file-hashes.json`` too (model weights: every
+    ``sonalign search`` checks the index's weights hash, and re-reading them costs time)."""
     path = Path(path)
-    key = (str(path.resolve()), tuple(stat_key(path.stat())))
-    if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while block := handle.read(chunk):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
+    st = path.stat()
+    key = (str(path.resolve()), tuple(stat_key(st)))
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    memo = HashMemo(_persistent_memo()) if across_processes else None
+    entry = memo._memo.get(key[0]) if memo else None
+    if entry and entry[:-1] == list(key[1]):
+        _DIGESTS[key] = entry[-1]
+        return entry[-1]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    _DIGESTS[key] = digest.hexdigest()
+    if memo is not None:
+        with contextlib.suppress(OSError):  # a read-only cache folder only costs re-hashing
+            memo._memo[key[0]] = [*key[1], _DIGESTS[key]]
+            memo._dirty = True
+            memo.save()
     return _DIGESTS[key]
+
+
+def _persistent_memo() -> Path:
+    from sonalign.utils.paths import default_cache_dir
+
+    return default_cache_dir() / "file-hashes.json"
 
 
 def settings_hash(settings: Any, length: int = 12) -> str:
