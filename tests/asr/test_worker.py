@@ -23,8 +23,8 @@ def test_worker_process_equals_in_process(prompts):
     with TranscriptWorker(fast=True) as worker:
         first = worker.submit(prompts)
         second = worker.submit(prompts[:1])
-        assert first.result(timeout=120) == expected
-        assert second.result(timeout=120) == expected[:1]
+        assert first.result() == expected
+        assert second.result() == expected[:1]
         assert worker.submit([]).result() == []
     assert "person" in expected[1] or "conference" in expected[1], expected
     assert expected[2] == ""
@@ -35,4 +35,4 @@ def test_several_workers_keep_the_order(prompts):
     with TranscriptWorker(fast=True, in_process=True) as local:
         expected = local.submit(waves).result()
     with TranscriptWorker(fast=True, workers=3) as worker:
-        assert worker.submit(waves).result(timeout=120) == expected
+        assert worker.submit(waves).result() == expected

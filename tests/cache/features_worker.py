@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+from fakes import as_torchrun_rank, register_fake_encoders  # noqa: E402
 
 
-def register_fake_encoders() -> None:
-    spec = importlib.util.spec_from_file_location("_sonalign_tests_conftest", TESTS / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    from sonalign.encoders import base
-
-    base._AUDIO["fake-audio"] = module.FakeAudioEncoder
-    base._TEXT["fake-text"] = module.FakeTextEncoder
 
 
 def run(rank: int, world: int, port: int, source: str, out: str, result_dir: str) -> None:
-    # what torchrun sets for each worker
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "SONALIGN_NO_PROGRESS": "1"})
-    if "GLOO_SOCKET_IFNAME" not in os.environ and Path("/sys/class/net/lo").exists():
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only: no dependence on the host name resolving
+    as_torchrun_rank(rank, world, port)
     import torch
 
     torch.set_num_threads(1)

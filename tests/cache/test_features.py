@@ -149,8 +149,7 @@ def test_separate_runs_write_byte_identical_files(tmp_path, make_wav):
     manifest = _source(tmp_path, make_wav, n=6)
     script = (
         "import sys, importlib.util\n"
-        f"spec = importlib.util.spec_from_file_location('c', {str(Path(__file__).parents[1] / 'conftest.py')!r}); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
-        "from sonalign.encoders import base; base._AUDIO['fake-audio'] = m.FakeAudioEncoder; base._TEXT['fake-text'] = m.FakeTextEncoder\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[1])!r}); from fakes import register_fake_encoders; register_fake_encoders()\n"
         "from sonalign.cache.features import FeatureSettings, extract_features\n"
         "extract_features(sys.argv[1], sys.argv[2], FeatureSettings(audio_encoder='fake-audio', text_encoder='fake-text'), show_progress=False)\n"
     )

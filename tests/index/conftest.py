@@ -37,3 +37,20 @@ def backend(request) -> dict:
     if request.param == "faiss":
         return {}
     return {"backend": "milvus", "uri": request.getfixturevalue("milvus").uri}
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory):
+    """A clap-baseline 'run' on the fake 16-d encoders (random weights are enough to index)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from sonalign.models.factory import create_model
+
+    run = tmp_path_factory.mktemp("run")
+    model = create_model("clap-baseline", audio_dim=16, text_dim=16, embed_dim=8)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
+    config = {"model": {**model.config}, "data": {"features": {"audio_encoder": "fake-audio", "text_encoder": "fake-text"}}}
+    (run / "config.json").write_text(json.dumps(config))
+    return run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -10,13 +9,10 @@ TESTS = Path(__file__).resolve().parents[1]
 
 
 def main(folder: str, idx: str, run: str) -> None:
-    spec = importlib.util.spec_from_file_location("_sonalign_tests_conftest", TESTS / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    from sonalign.encoders import base
+    sys.path.insert(0, str(TESTS))
+    from fakes import register_fake_encoders
 
-    base._AUDIO["fake-audio"] = module.FakeAudioEncoder
-    base._TEXT["fake-text"] = module.FakeTextEncoder
+    register_fake_encoders()
     import sonalign.index.build as build
 
     build.COMMIT_EVERY_FILES = 1  # commit after every file so a kill lands between commits too

@@ -1,6 +1,5 @@
 """Index builder end to end (real segmenters, fake encoders): incremental updates, failures, kill -9."""
 
-import json
 import os
 import signal
 import subprocess
@@ -13,22 +12,11 @@ import pytest
 import soundfile as sf
 from safetensors.torch import save_file
 
+from sonalign.index import indexer, workers
 from sonalign.index.build import build_index
 from sonalign.index.indexer import segment_for_index
 from sonalign.index.query import Searcher
 from sonalign.index.store import IndexStore
-from sonalign.models.factory import create_model
-
-
-@pytest.fixture(scope="module")
-def fake_run(tmp_path_factory):
-    """A clap-baseline 'run' on the fake 16-d encoders (random weights are enough to index)."""
-    run = tmp_path_factory.mktemp("run")
-    model = create_model("clap-baseline", audio_dim=16, text_dim=16, embed_dim=8)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
-    config = {"model": {**model.config}, "data": {"features": {"audio_encoder": "fake-audio", "text_encoder": "fake-text"}}}
-    (run / "config.json").write_text(json.dumps(config))
-    return run
 
 
 def events(freqs, sr=16000, gap=1.0, noise=0.003, seed=0):
@@ -148,7 +136,6 @@ def test_short_sound_without_background_is_one_whole_file_segment(tmp_path, fake
 
 def test_grouped_files_get_the_segments_and_vectors_of_one_file_at_a_time(tmp_path, fake_run, monkeypatch):
     """Short files share VAD and CNN batches; each still gets exactly its own segments and vectors."""
-    from sonalign.index import build, indexer, workers  # noqa: F401
     from sonalign.index.embedders import get_embedder
 
     folder = tmp_path / "audio"
@@ -179,7 +166,6 @@ def test_grouped_files_get_the_segments_and_vectors_of_one_file_at_a_time(tmp_pa
 
 
 def test_long_file_is_streamed_in_its_own_group(tmp_path, monkeypatch):
-    from sonalign.index import build, indexer, workers  # noqa: F401
 
     for i, seconds in enumerate([2.0, 3.0, 4.0, 2.0]):
         write(tmp_path / f"{i}.wav", np.zeros(int(seconds * 16000), np.float32) + 0.01)
@@ -194,7 +180,6 @@ def test_long_file_is_streamed_in_its_own_group(tmp_path, monkeypatch):
 def test_worker_processes_index_what_one_process_does(tmp_path, monkeypatch):
     """The default model (real CNN, segmenters) in 2 spawned workers and in this process: same
     segments, vectors equal up to thread-count rounding; failures reported the same way."""
-    from sonalign.index import build, indexer, workers  # noqa: F401
 
     folder = tmp_path / "audio"
     for i in range(4):
@@ -203,13 +188,13 @@ def test_worker_processes_index_what_one_process_does(tmp_path, monkeypatch):
     (folder / "broken.wav").write_bytes(b"RIFF not really")
     monkeypatch.setattr(indexer, "GROUP_FILES", 2)  # plan_groups runs here: 3 groups
     reports, stores = {}, {}
-    for workers in (1, 2):
-        idx = tmp_path / f"idx{workers}"
-        reports[workers] = build_index(folder, idx, transcripts=False, show_progress=False, workers=workers)
-        stores[workers] = IndexStore.open(idx, readonly=True)
+    for n in (1, 2):
+        idx = tmp_path / f"idx{n}"
+        reports[n] = build_index(folder, idx, transcripts=False, show_progress=False, workers=n)
+        stores[n] = IndexStore.open(idx, readonly=True)
     try:
-        for workers, r in reports.items():
-            assert r.workers == workers
+        for n, r in reports.items():
+            assert r.workers == n
             assert r.added == 4 and [Path(p).name for p, _ in r.failures] == ["broken.wav"]
         assert reports[1].failures[0][1] == reports[2].failures[0][1]
         for i in range(4):
@@ -256,7 +241,6 @@ GROUPS = [[("a", "a")], [("b", "b"), ("c", "c")], [("d", "d")], [("e", "e")]]
 def test_a_worker_that_dies_mid_run_fails_the_groups_in_flight_and_the_rest_run_here():
     """Nothing raised, order kept: done groups stand, in-flight ones fail naming the cause, the
     others are indexed in this process."""
-    from sonalign.index import build, indexer, workers  # noqa: F401
 
     out = list(workers._groups_in_workers(DyingPool(dies_at=2), 1, GROUPS, in_this_process))
     assert [[f.reason for f in g] for g in out[:1] + out[2:]] == [["worker"], ["here"], ["here"]]
@@ -264,14 +248,12 @@ def test_a_worker_that_dies_mid_run_fails_the_groups_in_flight_and_the_rest_run_
 
 
 def test_workers_that_cannot_start_leave_everything_to_this_process():
-    from sonalign.index import build, indexer, workers  # noqa: F401
 
     out = list(workers._groups_in_workers(DyingPool(dies_at=1), 2, GROUPS, in_this_process))
     assert [[f.reason for f in g] for g in out] == [["here"], ["here", "here"], ["here"], ["here"]]
 
 
 def test_resolve_workers(monkeypatch):
-    from sonalign.index import build, indexer, workers  # noqa: F401
 
     assert workers.resolve_workers(4, 2) == 2 and workers.resolve_workers(1, 10) == 1 and workers.resolve_workers(3, 0) == 1
     monkeypatch.setattr(workers.os, "cpu_count", lambda: 16)

@@ -304,20 +304,6 @@ def test_uri_override_for_a_moved_server(milvus, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------- build_index end to end
-@pytest.fixture(scope="module")
-def fake_run(tmp_path_factory):
-    from safetensors.torch import save_file
-
-    from sonalign.models.factory import create_model
-
-    run = tmp_path_factory.mktemp("run")
-    model = create_model("clap-baseline", audio_dim=16, text_dim=16, embed_dim=8)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
-    config = {"model": {**model.config}, "data": {"features": {"audio_encoder": "fake-audio", "text_encoder": "fake-text"}}}
-    (run / "config.json").write_text(json.dumps(config))
-    return run
-
-
 def tones(freqs, sr=16000, seed=0):
     rng = np.random.default_rng(seed)
     parts = [0.003 * rng.standard_normal(sr)]

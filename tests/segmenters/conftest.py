@@ -45,3 +45,19 @@ def write_flac(path: Path, wave: np.ndarray, sample_rate: int) -> Path:
 
 def spans(segments) -> list[tuple[float, float]]:
     return [(s.start, s.end) for s in segments]
+
+
+def traced_segment_file(segmenter, path: Path, recording_id: str) -> tuple[list, float, int]:
+    """``segmenter.segment_file`` with its wall time (s) and its peak traced memory (bytes)."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        segments = segmenter.segment_file(path, recording_id)
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return segments, elapsed, peak

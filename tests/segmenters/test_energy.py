@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import time
-import tracemalloc
-
 import numpy as np
 import pytest
 import soundfile as sf
 
 from sonalign.segmenters import get_segmenter
 
-from .conftest import events_wave, spans, write_flac
+from .conftest import events_wave, spans, traced_segment_file, write_flac
 
 TOL = 0.05  # seconds
 EVENTS = [(2.0, 3.0, "tone"), (6.5, 8.0, "noise"), (12.0, 12.6, "tone"), (15.0, 18.0, "tone")]
@@ -165,15 +162,7 @@ def test_twenty_minute_file_uses_bounded_memory(tmp_path):
     events = _write_long_flac(path, 20, sr)
     full_decode = 20 * 60 * sr * 4  # bytes the whole file would take as float32
     for name in ("energy", "fixed"):
-        seg = get_segmenter(name, block_seconds=10.0)
-        tracemalloc.start()
-        try:
-            started = time.perf_counter()
-            segs = seg.segment_file(path, "long")
-            elapsed = time.perf_counter() - started
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        segs, elapsed, peak = traced_segment_file(get_segmenter(name, block_seconds=10.0), path, "long")
         assert peak < full_decode / 5, f"{name}: peak {peak / 1e6:.1f} MB vs {full_decode / 1e6:.1f} MB decoded"
         assert elapsed < 30
         if name == "energy":

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from sonalign.audio.io import load_audio
 from sonalign.segmenters import get_segmenter
 from sonalign.segmenters.speech import silero_model_path
 
-from .conftest import spans, write_flac
+from .conftest import spans, traced_segment_file, write_flac
 
 pytest.importorskip("torch")
 try:
@@ -158,15 +156,7 @@ def test_hour_long_file_uses_bounded_memory(tmp_path):
     with sf.SoundFile(str(path), "w", sr, 1, subtype="PCM_16") as out:
         for _ in range(120):
             out.write((0.01 * rng.standard_normal(30 * sr)).astype(np.float32))
-    seg = get_segmenter("speech", block_seconds=10.0)
-    tracemalloc.start()
-    try:
-        started = time.perf_counter()
-        segs = seg.segment_file(path, "long")
-        elapsed = time.perf_counter() - started
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    segs, elapsed, peak = traced_segment_file(get_segmenter("speech", block_seconds=10.0), path, "long")
     assert segs == []
     chunk_bytes = STREAM_BATCH * STREAM_WINDOWS * WINDOW * 4  # one 327 s super-chunk (21 MB)
     assert peak < 5 * chunk_bytes < 0.5 * 60 * 60 * sr * 4, f"peak {peak / 1e6:.1f} MB"  # a few super-chunks, not the 230 MB file

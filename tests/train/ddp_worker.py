@@ -6,8 +6,6 @@ process group through ``sonalign.distributed.init`` and runs the task's cases.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import pickle
 import sys
 from pathlib import Path
@@ -16,17 +14,10 @@ import numpy as np
 import torch
 
 TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+from fakes import as_torchrun_rank, register_fake_encoders  # noqa: E402
 
 
-def register_fake_encoders() -> None:
-    spec = importlib.util.spec_from_file_location("_sonalign_tests_conftest", TESTS / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    from sonalign.encoders import base
-
-    base._AUDIO["fake-audio"] = module.FakeAudioEncoder
-    base._TEXT["fake-text"] = module.FakeTextEncoder
 
 
 def _pad(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,10 +57,7 @@ def step(case: dict) -> dict:
 
 
 def run(rank: int, world: int, port: int, task_file: str, out_dir: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "SONALIGN_NO_PROGRESS": "1"})
-    if "GLOO_SOCKET_IFNAME" not in os.environ and Path("/sys/class/net/lo").exists():
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only: no dependence on the host name resolving
+    as_torchrun_rank(rank, world, port)
     torch.set_num_threads(1)
     register_fake_encoders()
     from sonalign import distributed

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 from sonalign.asr.pocketsphinx import Transcriber
-from sonalign.utils.processes import spawn_pool, stop_pool
+from sonalign.utils.processes import PooledRun, spawn_pool, stop_pool
 
 log = logging.getLogger(__name__)
 _TRANSCRIBER: Transcriber | None = None
@@ -39,16 +38,11 @@ def _transcribe_many(waves: list[np.ndarray]) -> list[str]:
 class PendingTranscripts:
     """The transcripts of one :meth:`TranscriptWorker.submit`, in the order of its waves."""
 
-    def __init__(self, worker: TranscriptWorker, waves: list[np.ndarray], futures: list[Future] | None):
-        self._worker, self._waves, self._futures = worker, waves, futures
+    def __init__(self, parts: PooledRun | list[list[str]]):
+        self._parts = parts
 
-    def result(self, timeout: float | None = None) -> list[str]:
-        if self._futures is not None:
-            try:
-                return [t for f in self._futures for t in f.result(timeout)]
-            except BrokenProcessPool as exc:
-                self._worker._fall_back(exc)
-        return self._worker._local().transcribe_many(self._waves)
+    def result(self) -> list[str]:
+        return [t for part in self._parts for t in part]
 
 
 class TranscriptWorker:
@@ -60,19 +54,21 @@ class TranscriptWorker:
         self._transcriber: Transcriber | None = None
 
     def submit(self, waves: list[np.ndarray]) -> PendingTranscripts:
+        """Start transcribing ``waves`` (in contiguous parts of about equal audio length, one per
+        worker); where worker processes cannot run, the parts are transcribed here instead."""
         waves = [np.asarray(w, np.float32) for w in waves]
-        if not waves or self.in_process:
-            return PendingTranscripts(self, waves, None)
-        try:
-            if self._pool is None:
+        if not waves:
+            return PendingTranscripts([])
+        bounds = np.searchsorted(np.cumsum([w.size for w in waves]), np.linspace(0, sum(w.size for w in waves), self.workers + 1)[1:-1])
+        parts = [[waves[i] for i in p] for p in np.split(np.arange(len(waves)), bounds) if p.size]
+        if self._pool is None and not self.in_process:
+            try:
                 self._pool = spawn_pool(self.workers, _init, (self.fast,))
-            # contiguous parts of about equal audio length, one per worker
-            bounds = np.searchsorted(np.cumsum([w.size for w in waves]), np.linspace(0, sum(w.size for w in waves), self.workers + 1)[1:-1])
-            parts = [p for p in np.split(np.arange(len(waves)), bounds) if p.size]
-            return PendingTranscripts(self, waves, [self._pool.submit(_transcribe_many, [waves[i] for i in p]) for p in parts])
-        except (OSError, RuntimeError, BrokenProcessPool) as exc:
-            self._fall_back(exc)
-            return PendingTranscripts(self, waves, None)
+            except PooledRun.BROKEN as exc:
+                self._fall_back(exc)
+        here = lambda rest: (self._local().transcribe_many(part) for part in rest)  # noqa: E731
+        return PendingTranscripts(PooledRun(None if self.in_process else self._pool, _transcribe_many, parts, in_flight=len(parts), local=here,
+                                            on_broken=self._fall_back))
 
     def _local(self) -> Transcriber:
         if self._transcriber is None:

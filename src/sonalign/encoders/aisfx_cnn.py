@@ -200,16 +200,8 @@ class AisfxCNN:
         return (spec - np.float32(SPEC_MIN)) / np.float32(SPEC_MAX - SPEC_MIN)
 
     # -- encoding ------------------------------------------------------------------------------
-    def encode(
-        self,
-        waves: list[np.ndarray],
-        *,
-        batch_size: int = 16,
-        show_progress_bar: bool = False,
-        convert_to_numpy: bool = True,
-        normalize_embeddings: bool = False,
-        levels: bool = False,
-    ) -> dict[str, Any]:
+    def encode(self, waves: list[np.ndarray], *, batch_size: int = 16, show_progress_bar: bool = False,
+               convert_to_numpy: bool = True, normalize_embeddings: bool = False, levels: bool = False) -> dict[str, Any]:
         """Embed mono 44.1 kHz waves: ``embedding`` (B, 512), ``frames`` (B, T, 512), ``frames_mask`` (B, T).
 
         ``batch_size`` is the number of 2.32 s windows per forward pass (windows of several

@@ -27,15 +27,8 @@ class AudioEncoder(Protocol):
     sample_rate: int
     dim: int
 
-    def encode(
-        self,
-        waves: list[np.ndarray],
-        *,
-        batch_size: int = 16,
-        show_progress_bar: bool = False,
-        convert_to_numpy: bool = True,
-        normalize_embeddings: bool = False,
-    ) -> dict[str, Any]: ...
+    def encode(self, waves: list[np.ndarray], *, batch_size: int = 16, show_progress_bar: bool = False,
+               convert_to_numpy: bool = True, normalize_embeddings: bool = False) -> dict[str, Any]: ...
 
     def settings(self) -> dict[str, Any]:
         """Everything that changes the output (name, weights hash, rates, windows): part of cache keys."""
@@ -47,15 +40,8 @@ class TextEncoder(Protocol):
     name: str
     dim: int
 
-    def encode(
-        self,
-        texts: list[str],
-        *,
-        batch_size: int = 32,
-        show_progress_bar: bool = False,
-        convert_to_numpy: bool = True,
-        normalize_embeddings: bool = False,
-    ) -> dict[str, Any]: ...
+    def encode(self, texts: list[str], *, batch_size: int = 32, show_progress_bar: bool = False, convert_to_numpy: bool = True,
+               normalize_embeddings: bool = False) -> dict[str, Any]: ...
 
     def settings(self) -> dict[str, Any]: ...
 

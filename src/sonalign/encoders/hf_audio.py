@@ -63,15 +63,8 @@ class HFSSLAudioEncoder(_HFBase):
     def settings(self) -> dict[str, Any]:
         return self._settings(sample_rate=self.sample_rate, pooling="masked-mean", dim=self.dim)
 
-    def encode(
-        self,
-        waves: list[np.ndarray],
-        *,
-        batch_size: int = 16,
-        show_progress_bar: bool = False,
-        convert_to_numpy: bool = True,
-        normalize_embeddings: bool = False,
-    ) -> dict[str, Any]:
+    def encode(self, waves: list[np.ndarray], *, batch_size: int = 16, show_progress_bar: bool = False,
+               convert_to_numpy: bool = True, normalize_embeddings: bool = False) -> dict[str, Any]:
         waves = [as_mono_float32(w, i) for i, w in enumerate(waves)]
         waves = [np.pad(w, (0, self.min_samples - w.size)) if w.size < self.min_samples else w for w in waves]
         fe, model = self._parts()
@@ -131,15 +124,8 @@ class HFWhisperEncoder(_HFBase):
     def settings(self) -> dict[str, Any]:
         return self._settings(sample_rate=self.sample_rate, pooling="masked-mean", dim=self.dim)
 
-    def encode(
-        self,
-        waves: list[np.ndarray],
-        *,
-        batch_size: int = 8,
-        show_progress_bar: bool = False,
-        convert_to_numpy: bool = True,
-        normalize_embeddings: bool = False,
-    ) -> dict[str, Any]:
+    def encode(self, waves: list[np.ndarray], *, batch_size: int = 8, show_progress_bar: bool = False,
+               convert_to_numpy: bool = True, normalize_embeddings: bool = False) -> dict[str, Any]:
         """``batch_size`` counts 30 s windows (Whisper's fixed input)."""
         waves = [as_mono_float32(w, i) for i, w in enumerate(waves)]
         fe, encoder = self._parts()
@@ -216,15 +202,8 @@ class HFClapAudioEncoder(_HFBase):
     def settings(self) -> dict[str, Any]:
         return self._settings(sample_rate=self.sample_rate, window_seconds=self.window_seconds, pooling="clap-projection", window_merge="weighted-mean-of-normalised", dim=self.dim)
 
-    def encode(
-        self,
-        waves: list[np.ndarray],
-        *,
-        batch_size: int = 8,
-        show_progress_bar: bool = False,
-        convert_to_numpy: bool = True,
-        normalize_embeddings: bool = False,
-    ) -> dict[str, Any]:
+    def encode(self, waves: list[np.ndarray], *, batch_size: int = 8, show_progress_bar: bool = False,
+               convert_to_numpy: bool = True, normalize_embeddings: bool = False) -> dict[str, Any]:
         """``batch_size`` counts CLAP windows (10 s for LAION checkpoints)."""
         waves = [as_mono_float32(w, i) for i, w in enumerate(waves)]
         fe, model = self._parts()

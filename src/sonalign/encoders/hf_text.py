@@ -56,15 +56,8 @@ class HFClapTextEncoder(_HFBase):
     def settings(self) -> dict[str, Any]:
         return self._settings(max_length=_text_max_length(self._tokenizer(), self.config.text_config), pooling="clap-projection", dim=self.dim)
 
-    def encode(
-        self,
-        texts: list[str],
-        *,
-        batch_size: int = 32,
-        show_progress_bar: bool = False,
-        convert_to_numpy: bool = True,
-        normalize_embeddings: bool = False,
-    ) -> dict[str, Any]:
+    def encode(self, texts: list[str], *, batch_size: int = 32, show_progress_bar: bool = False, convert_to_numpy: bool = True,
+               normalize_embeddings: bool = False) -> dict[str, Any]:
         texts = check_texts(texts)
         tok, model = self._parts()
         max_len = _text_max_length(tok, model.config.text_config)
@@ -129,15 +122,8 @@ class HFTextEncoder(_HFBase):
     def settings(self) -> dict[str, Any]:
         return self._settings(max_length=_text_max_length(self._tokenizer(), self.config), pooling="masked-mean", dim=self.dim)
 
-    def encode(
-        self,
-        texts: list[str],
-        *,
-        batch_size: int = 32,
-        show_progress_bar: bool = False,
-        convert_to_numpy: bool = True,
-        normalize_embeddings: bool = False,
-    ) -> dict[str, Any]:
+    def encode(self, texts: list[str], *, batch_size: int = 32, show_progress_bar: bool = False, convert_to_numpy: bool = True,
+               normalize_embeddings: bool = False) -> dict[str, Any]:
         texts = check_texts(texts)
         tok, model = self._parts()
         if tok.pad_token is None:  # GPT-style tokenizers: pad with EOS (masked out anyway)

@@ -106,16 +106,8 @@ class MiniLML6:
             "dim": self.dim,
         }
 
-    def encode(
-        self,
-        texts: list[str],
-        *,
-        batch_size: int = 32,
-        show_progress_bar: bool = False,
-        convert_to_numpy: bool = True,
-        normalize_embeddings: bool = False,
-        layers: tuple[int, ...] = (),
-    ) -> dict[str, Any]:
+    def encode(self, texts: list[str], *, batch_size: int = 32, show_progress_bar: bool = False, convert_to_numpy: bool = True,
+               normalize_embeddings: bool = False, layers: tuple[int, ...] = ()) -> dict[str, Any]:
         """``embedding`` (B, 384), ``tokens`` (B, L, 384), ``tokens_mask`` (B, L) bool; plus
         ``tokens_layer{k}`` (B, L, 384) for each k in ``layers`` (1-based layer index)."""
         texts = check_texts(texts)

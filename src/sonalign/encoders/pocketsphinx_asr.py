@@ -79,15 +79,8 @@ class PocketsphinxASR:
         """Transcript (lower-case words, or ``""``) of one mono 16 kHz float wave."""
         return self._transcriber.transcribe(as_mono_float32(wave16k, 0))
 
-    def encode(
-        self,
-        waves: list[np.ndarray],
-        *,
-        batch_size: int = 16,
-        show_progress_bar: bool = False,
-        convert_to_numpy: bool = True,
-        normalize_embeddings: bool = False,
-    ) -> dict[str, Any]:
+    def encode(self, waves: list[np.ndarray], *, batch_size: int = 16, show_progress_bar: bool = False,
+               convert_to_numpy: bool = True, normalize_embeddings: bool = False) -> dict[str, Any]:
         """Transcribe each wave (16 kHz mono), embed the transcripts; adds ``"transcripts"``."""
         waves = [as_mono_float32(w, i) for i, w in enumerate(waves)]
         transcripts: list[str] = []

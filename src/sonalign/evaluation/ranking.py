@@ -169,9 +169,7 @@ def _ranks(s: np.ndarray, rel: np.ndarray, method: str = "auto") -> tuple[np.nda
     return np.where(valid, ranks, 0), n_rel
 
 
-def relevant_ranks(
-    scores: Any, relevance: Any, method: Literal["auto", "count", "sort"] = "auto"
-) -> tuple[np.ndarray, np.ndarray]:
+def relevant_ranks(scores: Any, relevance: Any, method: Literal["auto", "count", "sort"] = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Ranks of every query's relevant items, sorted ascending per query.
 
     Args:
@@ -214,15 +212,8 @@ def _average_precision(ranks: np.ndarray, n_rel: np.ndarray, k: int, convention:
     return np.where(denom > 0, prec.sum(1) / np.maximum(denom, 1), 0.0)
 
 
-def retrieval_metrics(
-    scores: Any,
-    relevance: Any,
-    ks: Sequence[int] = DEFAULT_KS,
-    *,
-    map_k: int = DEFAULT_MAP_K,
-    map_convention: MapConvention = "torchmetrics",
-    empty: EmptyAction = "error",
-) -> dict[str, float]:
+def retrieval_metrics(scores: Any, relevance: Any, ks: Sequence[int] = DEFAULT_KS, *, map_k: int = DEFAULT_MAP_K,
+                      map_convention: MapConvention = "torchmetrics", empty: EmptyAction = "error") -> dict[str, float]:
     """Retrieval metrics for a score matrix and boolean relevance matrix.
 
     Args:
@@ -245,15 +236,8 @@ def retrieval_metrics(
     return _metrics_from_ranks(ranks, n_rel, s.shape[1], ks, map_k, map_convention, empty)
 
 
-def _metrics_from_ranks(
-    ranks: np.ndarray,
-    n_rel: np.ndarray,
-    n_items: int,
-    ks: Sequence[int],
-    map_k: int,
-    map_convention: MapConvention,
-    empty: EmptyAction,
-) -> dict[str, float]:
+def _metrics_from_ranks(ranks: np.ndarray, n_rel: np.ndarray, n_items: int, ks: Sequence[int], map_k: int,
+                        map_convention: MapConvention, empty: EmptyAction) -> dict[str, float]:
     """:func:`retrieval_metrics` given the output of :func:`relevant_ranks`."""
     ks = _check_ks(ks)
     (map_k,) = _check_ks((map_k,))

@@ -150,6 +150,11 @@ class RetrievalResult:
 # ---------------------------------------------------------------------------------------------
 
 
+def _checked(scores: Any, text_to_audio: Any, ks: Sequence[int]) -> tuple[np.ndarray, tuple[int, ...], np.ndarray]:
+    s = as_score_matrix(scores)
+    return s, _check_ks(ks), _check_text_to_audio(text_to_audio, s.shape[0], s.shape[1])
+
+
 def _directional(prefix: str, general: dict[str, float], ks: tuple[int, ...], recall_key: str) -> dict[str, float]:
     out = {f"{prefix}/R@{k}": general[f"{recall_key}@{k}"] for k in ks}
     for key, value in general.items():
@@ -158,14 +163,8 @@ def _directional(prefix: str, general: dict[str, float], ks: tuple[int, ...], re
     return out
 
 
-def text_to_audio_metrics(
-    scores: Any,
-    text_to_audio: Any,
-    ks: Sequence[int] = DEFAULT_KS,
-    *,
-    map_k: int = DEFAULT_MAP_K,
-    map_convention: MapConvention = "torchmetrics",
-) -> tuple[dict[str, float], np.ndarray]:
+def text_to_audio_metrics(scores: Any, text_to_audio: Any, ks: Sequence[int] = DEFAULT_KS, *,
+                          map_k: int = DEFAULT_MAP_K, map_convention: MapConvention = "torchmetrics") -> tuple[dict[str, float], np.ndarray]:
     """Text-to-audio retrieval: every caption queries all clips; exactly one clip is relevant.
 
     Args:
@@ -176,9 +175,7 @@ def text_to_audio_metrics(
         ``(metrics, ranks)``: metrics keyed ``t2a/R@k``, ``t2a/mAP@10``, ``t2a/median_rank``,
         ``t2a/mean_rank``, ``t2a/MRR``; ranks (n_text,) of each caption's clip.
     """
-    s = as_score_matrix(scores)
-    ks = _check_ks(ks)
-    t2a = _check_text_to_audio(text_to_audio, s.shape[0], s.shape[1])
+    s, ks, t2a = _checked(scores, text_to_audio, ks)
     rel = np.zeros((s.shape[1], s.shape[0]), dtype=bool)
     rel[np.arange(s.shape[1]), t2a] = True
     st = np.ascontiguousarray(s.T)
@@ -187,14 +184,8 @@ def text_to_audio_metrics(
     return _directional("t2a", general, ks, "R"), ranks[:, 0].copy()
 
 
-def audio_to_text_metrics(
-    scores: Any,
-    text_to_audio: Any,
-    ks: Sequence[int] = DEFAULT_KS,
-    *,
-    map_k: int = DEFAULT_MAP_K,
-    map_convention: MapConvention = "torchmetrics",
-) -> tuple[dict[str, float], np.ndarray]:
+def audio_to_text_metrics(scores: Any, text_to_audio: Any, ks: Sequence[int] = DEFAULT_KS, *,
+                          map_k: int = DEFAULT_MAP_K, map_convention: MapConvention = "torchmetrics") -> tuple[dict[str, float], np.ndarray]:
     """Audio-to-text retrieval: every clip queries all captions; its own captions are relevant.
 
     ``a2t/R@k`` follows the Clotho/AudioCaps convention: a hit when the *best-ranked* relevant
@@ -204,9 +195,7 @@ def audio_to_text_metrics(
     Raises:
         ValueError: a clip has no caption.
     """
-    s = as_score_matrix(scores)
-    ks = _check_ks(ks)
-    t2a = _check_text_to_audio(text_to_audio, s.shape[0], s.shape[1])
+    s, ks, t2a = _checked(scores, text_to_audio, ks)
     rel = np.zeros(s.shape, dtype=bool)
     rel[t2a, np.arange(s.shape[1])] = True
     no_caption = np.flatnonzero(~rel.any(1))
@@ -249,14 +238,8 @@ def _conventions(ks: tuple[int, ...], map_k: int, map_convention: MapConvention,
     }
 
 
-def evaluate_retrieval(
-    scores: Any,
-    text_to_audio: Any,
-    ks: Sequence[int] = DEFAULT_KS,
-    *,
-    map_k: int = DEFAULT_MAP_K,
-    map_convention: MapConvention = "torchmetrics",
-) -> RetrievalResult:
+def evaluate_retrieval(scores: Any, text_to_audio: Any, ks: Sequence[int] = DEFAULT_KS, *, map_k: int = DEFAULT_MAP_K,
+                       map_convention: MapConvention = "torchmetrics") -> RetrievalResult:
     """Both retrieval directions for an (n_audio, n_text) score matrix.
 
     Args:

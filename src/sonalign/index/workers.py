@@ -13,11 +13,11 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 from sonalign.index.indexer import Failed, FileResult, Indexer
+from sonalign.utils.processes import PooledRun
 
 log = logging.getLogger(__name__)
 
@@ -79,30 +79,18 @@ def _groups_in_workers(pool: ProcessPoolExecutor, workers: int, groups: list[lis
     parent read from stdin, which ``spawn`` cannot re-import), every group goes to ``fallback``
     (this process). If a worker dies later (killed, out of memory), the groups in flight fail, with
     a reason saying to run again (they are not in the index, so the next run retries them), and
-    the rest go to ``fallback``.
+    the rest go to ``fallback`` (:class:`~sonalign.utils.processes.PooledRun`).
     """
-    pending: deque[tuple[list[tuple[Path, str]], Future]] = deque()
-    todo = deque(groups)
-    succeeded = False
-    while todo or pending:
-        try:
-            while todo and len(pending) < 2 * workers:
-                pending.append((todo[0], pool.submit(_index_group_in_worker, todo[0])))
-                todo.popleft()
-            result = pending[0][1].result()
-        except BrokenProcessPool as exc:
-            rest = list(todo)
-            if succeeded:
-                for group, _ in pending:
-                    yield [Failed(f"indexing worker process died ({exc}); not indexed, run again to retry") for _ in group]
-            else:
-                rest = [group for group, _ in pending] + rest
-            log.warning("indexing worker processes unavailable (%s); indexing the remaining %d groups in this process", exc, len(rest))
-            yield from fallback(rest)
-            return
-        pending.popleft()
-        succeeded = True
-        yield result
+
+    def lost(group: list[tuple[Path, str]], exc: BaseException) -> list[FileResult | Failed]:
+        return [Failed(f"indexing worker process died ({exc}); not indexed, run again to retry") for _ in group]
+
+    def here(rest: list[list[tuple[Path, str]]]) -> Iterator[list[FileResult | Failed]]:
+        log.warning("indexing worker processes unavailable (%s); indexing the remaining %d groups in this process", run.broken, len(rest))
+        yield from fallback(rest)
+
+    run = PooledRun(pool, _index_group_in_worker, groups, in_flight=2 * workers, local=here, lost=lost)
+    return iter(run)
 
 
 def resolve_workers(workers: int | None, groups: int) -> int:

@@ -107,6 +107,11 @@ class AlignmentModel(nn.Module):
         return {"audio": audio, "text": text, "loss": total, "losses": {**losses, **diagnostics}}
 
 
+#: Defaults most methods share: the frozen encoders' widths, the joint space, dropout, temperature.
+FROZEN_ENCODER_DEFAULTS: dict[str, Any] = {"audio_dim": 512, "text_dim": 384, "embed_dim": 256, "dropout": 0.1, "init_temperature": 0.07}
+#: ... and the methods with transformer blocks of their own.
+TRANSFORMER_DEFAULTS: dict[str, Any] = {**FROZEN_ENCODER_DEFAULTS, "dim": 256, "num_heads": 4, "ff_mult": 4}
+
 #: Keys a config may hold besides the method's own: its name, what it is, and feature settings.
 META_KEYS = frozenset({"method", "name", "description", "features"})
 

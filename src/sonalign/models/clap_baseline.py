@@ -19,11 +19,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sonalign.models.base import AlignmentModel
+from sonalign.models.base import FROZEN_ENCODER_DEFAULTS, AlignmentModel
 from sonalign.models.components.projection import Projection
 from sonalign.models.losses.infonce import InfoNCELoss
 
-DEFAULTS: dict[str, Any] = {"audio_dim": 512, "text_dim": 384, "embed_dim": 256, "dropout": 0.1, "init_temperature": 0.07}
+DEFAULTS: dict[str, Any] = dict(FROZEN_ENCODER_DEFAULTS)
 
 
 class ClapBaseline(AlignmentModel):

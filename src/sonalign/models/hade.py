@@ -85,10 +85,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from sonalign.errors import ConfigError
-from sonalign.models.base import AlignmentModel
+from sonalign.models.base import TRANSFORMER_DEFAULTS, AlignmentModel
 from sonalign.models.components.projection import Projection, masked_pool
 from sonalign.models.components.residual import PooledResidual
-from sonalign.models.components.transformer_blocks import TransformerStack, sinusoidal_positions, zero_padded
+from sonalign.models.components.transformer_blocks import (
+    TransformerStack,
+    sinusoidal_positions,
+    zero_padded,
+)
 from sonalign.models.losses.disentangle import DisentangleLoss
 from sonalign.models.losses.hierarchical import ScoreContrastiveLoss, TokenAlignmentLoss
 from sonalign.models.losses.infonce import InfoNCELoss
@@ -146,14 +150,7 @@ class _FactorHead(nn.Module):
 
 #: Every configuration key and its default (``configs/hade.json`` overrides some).
 DEFAULTS: dict[str, Any] = {
-    "audio_dim": 512,
-    "text_dim": 384,
-    "dim": 256,
-    "embed_dim": 256,
-    "num_heads": 4,
-    "ff_mult": 4,
-    "dropout": 0.1,
-    "init_temperature": 0.07,
+    **TRANSFORMER_DEFAULTS,
     "weights": dict(DEFAULT_WEIGHTS),
     "hierarchy": "encoder",
     "audio_pool": "max",

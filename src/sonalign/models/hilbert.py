@@ -69,21 +69,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from sonalign.errors import ConfigError
-from sonalign.models.base import AlignmentModel, resolve_config
+from sonalign.models.base import FROZEN_ENCODER_DEFAULTS, AlignmentModel, resolve_config
 from sonalign.models.components.cross_attention import BidirectionalCrossAttention
 from sonalign.models.components.pooling import SelfAttentivePooling, frobenius_penalty
 from sonalign.models.components.sequence import SequenceEncoder
 from sonalign.models.losses.cka import CKALoss
-from sonalign.models.losses.infonce import InfoNCELoss
 from sonalign.models.losses.info_balance import InfoBalanceLoss
+from sonalign.models.losses.infonce import InfoNCELoss
 from sonalign.models.losses.reciprocal import ReciprocalDualContrastiveLoss
 
 DEFAULTS: dict[str, Any] = {
-    "audio_dim": 512,
-    "text_dim": 384,
-    "embed_dim": 256,
-    "dropout": 0.1,
-    "init_temperature": 0.07,
+    **FROZEN_ENCODER_DEFAULTS,
     "text_input": "text_segments",
     "use_segment_transformer": True,
     "segment_layers": 1,

@@ -62,14 +62,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from sonalign.errors import ConfigError
-from sonalign.models.base import AlignmentModel
+from sonalign.models.base import TRANSFORMER_DEFAULTS, AlignmentModel
 from sonalign.models.components.codebook import SharedCodebook
 from sonalign.models.components.locality import LocalityAwareBlock
 from sonalign.models.components.projection import masked_mean
 from sonalign.models.components.residual import PooledResidual
-from sonalign.models.components.transformer_blocks import TransformerBlock, TransformerStack, sinusoidal_positions, zero_padded
+from sonalign.models.components.transformer_blocks import (
+    TransformerBlock,
+    TransformerStack,
+    sinusoidal_positions,
+    zero_padded,
+)
 from sonalign.models.losses.hard_negative import HardNegativeInfoNCELoss
-
 
 #: Codebook size / temperature presets (see the module doc); explicit config keys override them.
 CODEBOOK_PRESETS: dict[str, dict[str, Any]] = {
@@ -99,13 +103,7 @@ DEFAULTS: dict[str, Any] = {
     "codebook_preset": "reference",
     "num_codes": CODEBOOK_PRESETS["reference"]["num_codes"],
     "codebook_temperature": CODEBOOK_PRESETS["reference"]["codebook_temperature"],
-    "audio_dim": 512,
-    "text_dim": 384,
-    "dim": 256,
-    "embed_dim": 256,
-    "num_heads": 4,
-    "ff_mult": 4,
-    "dropout": 0.1,
+    **TRANSFORMER_DEFAULTS,
     "audio_layers": 1,
     "use_locality_block": True,
     "locality_mode": "value",
@@ -115,7 +113,6 @@ DEFAULTS: dict[str, Any] = {
     "top_k": 32,
     "use_codebook": True,
     "hard_negative_beta": 0.15,
-    "init_temperature": 0.07,
     "contrastive_weight": 1.0,
     "embed_reg_weight": 1.0,
     "pooled_residual": True,

@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sonalign.errors import ConfigError
-from sonalign.models.base import AlignmentModel, resolve_config
+from sonalign.models.base import FROZEN_ENCODER_DEFAULTS, AlignmentModel, resolve_config
 from sonalign.models.components.cross_attention import PairwiseBiAttention
 from sonalign.models.components.pooling import AttentivePooling
 from sonalign.models.components.residual import PooledResidual
@@ -77,11 +77,7 @@ from sonalign.models.components.sequence import SequenceEncoder
 from sonalign.models.losses.hybrid import HybridLoss
 
 DEFAULTS: dict[str, Any] = {
-    "audio_dim": 512,
-    "text_dim": 384,
-    "embed_dim": 256,
-    "dropout": 0.1,
-    "init_temperature": 0.07,
+    **FROZEN_ENCODER_DEFAULTS,
     "transformer_layers": 1,
     "transformer_heads": 4,
     "transformer_ff": 512,

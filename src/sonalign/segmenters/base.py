@@ -100,6 +100,29 @@ class Segmenter(ABC):
         opts = ", ".join(f"{k}={v!r}" for k, v in self.settings().items() if k not in ("segmenter", "version"))
         return f"{type(self).__name__}({opts})"
 
+    def set_activity_options(self, merge_gap: float, min_duration: float, max_duration: float | None, padding: float, short: str,
+                             split_search: float) -> None:
+        """Check and keep the options of :meth:`activity_spans` (see the module docstring)."""
+        check_post(merge_gap, min_duration, max_duration, padding, short)
+        self.merge_gap, self.min_duration, self.padding, self.short = float(merge_gap), float(min_duration), float(padding), short
+        self.max_duration = None if max_duration is None else float(max_duration)
+        self.split_search = check_positive("split_search", split_search, allow_zero=True)
+
+    def activity_options(self) -> dict[str, Any]:
+        """The activity options as they enter :meth:`settings`."""
+        return {"merge_gap": self.merge_gap, "min_duration": self.min_duration, "max_duration": self.max_duration, "padding": self.padding,
+                "short": self.short, "split_search": self.split_search}
+
+    def activity_spans(self, active: np.ndarray, *, frame_hop: float, total_duration: float, scores: np.ndarray,
+                       frame_offset: float = 0.0) -> list[tuple[float, float]]:
+        """:func:`~sonalign.segmenters.postprocess.postprocess_activity` with this segmenter's options
+        (``merge_gap``, ``min_duration``, ``max_duration``, ``padding``, ``short``, ``split_search``)."""
+        from sonalign.segmenters.postprocess import postprocess_activity
+
+        return postprocess_activity(active, frame_hop=frame_hop, frame_offset=frame_offset, total_duration=total_duration, merge_gap=self.merge_gap,
+                                    min_duration=self.min_duration, max_duration=self.max_duration, padding=self.padding, short=self.short,
+                                    scores=scores, split_search=self.split_search)
+
 
 def wave_blocks(wave: np.ndarray, sample_rate: int, target_rate: int, block_seconds: float) -> Iterator[np.ndarray]:
     """Blocks of an in-memory mono wave exactly as :func:`stream_audio` yields them for a file.

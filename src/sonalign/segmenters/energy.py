@@ -54,14 +54,12 @@ from sonalign.segmenters.base import (
     FrameEnergies,
     Segmenter,
     check_positive,
-    check_post,
     to_db,
 )
 from sonalign.segmenters.postprocess import (
     frame_range,
     hysteresis,
     make_segments,
-    postprocess_activity,
 )
 from sonalign.segments import Segment
 
@@ -88,12 +86,8 @@ class EnergySegmenter(Segmenter):
         max_margin_db: float = 20.0,
         hysteresis_db: float = 2.0,
         min_level_db: float = -60.0,
-        merge_gap: float = 0.3,
-        min_duration: float = 0.1,
-        max_duration: float | None = 10.0,
-        padding: float = 0.1,
-        short: str = "drop",
-        split_search: float = 1.0,
+        merge_gap: float = 0.3, min_duration: float = 0.1, max_duration: float | None = 10.0,
+        padding: float = 0.1, short: str = "drop", split_search: float = 1.0,
         block_seconds: float = DEFAULT_BLOCK_SECONDS,
     ):
         self.frame_length = check_positive("frame_length", frame_length)
@@ -113,13 +107,7 @@ class EnergySegmenter(Segmenter):
             self.min_level_db = float(min_level_db)
         except (TypeError, ValueError):
             raise ConfigError(f"min_level_db must be a number, got {min_level_db!r}") from None
-        check_post(merge_gap, min_duration, max_duration, padding, short)
-        self.merge_gap = float(merge_gap)
-        self.min_duration = float(min_duration)
-        self.max_duration = None if max_duration is None else float(max_duration)
-        self.padding = float(padding)
-        self.short = short
-        self.split_search = check_positive("split_search", split_search, allow_zero=True)
+        self.set_activity_options(merge_gap, min_duration, max_duration, padding, short, split_search)
         self.block_seconds = check_positive("block_seconds", block_seconds)
 
     def settings(self) -> dict[str, Any]:
@@ -134,12 +122,7 @@ class EnergySegmenter(Segmenter):
             "max_margin_db": self.max_margin_db,
             "hysteresis_db": self.hysteresis_db,
             "min_level_db": self.min_level_db,
-            "merge_gap": self.merge_gap,
-            "min_duration": self.min_duration,
-            "max_duration": self.max_duration,
-            "padding": self.padding,
-            "short": self.short,
-            "split_search": self.split_search,
+            **self.activity_options(),
         }
 
     def thresholds(self, levels_db: np.ndarray) -> tuple[float, float, float]:
@@ -169,19 +152,7 @@ class EnergySegmenter(Segmenter):
         active = hysteresis(levels, on, off)
         hop_s = hop / sample_rate
         offset = (length - hop) / 2.0 / sample_rate
-        spans = postprocess_activity(
-            active,
-            frame_hop=hop_s,
-            frame_offset=offset,
-            total_duration=total / sample_rate,
-            merge_gap=self.merge_gap,
-            min_duration=self.min_duration,
-            max_duration=self.max_duration,
-            padding=self.padding,
-            short=self.short,
-            scores=levels,
-            split_search=self.split_search,
-        )
+        spans = self.activity_spans(active, frame_hop=hop_s, frame_offset=offset, total_duration=total / sample_rate, scores=levels)
 
         def custom(s: float, e: float) -> dict[str, Any]:
             level = float(to_db(ms[frame_range(s, e, hop_s, offset, ms.size)].mean()))

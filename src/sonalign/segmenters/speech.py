@@ -49,7 +49,6 @@ from sonalign.segmenters.base import (
     Framer,
     Segmenter,
     check_positive,
-    check_post,
     frame_mean_square,
     to_db,
 )
@@ -57,7 +56,6 @@ from sonalign.segmenters.postprocess import (
     frame_range,
     hysteresis,
     make_segments,
-    postprocess_activity,
 )
 from sonalign.segments import Segment
 
@@ -115,12 +113,8 @@ class SpeechSegmenter(Segmenter):
         *,
         threshold: float = 0.5,
         neg_threshold: float | None = None,
-        merge_gap: float = 0.5,
-        min_duration: float = 0.25,
-        max_duration: float | None = 15.0,
-        padding: float = 0.1,
-        short: str = "drop",
-        split_search: float = 1.0,
+        merge_gap: float = 0.5, min_duration: float = 0.25, max_duration: float | None = 15.0,
+        padding: float = 0.1, short: str = "drop", split_search: float = 1.0,
         block_seconds: float = DEFAULT_BLOCK_SECONDS,
     ):
         self.threshold = check_positive("threshold", threshold)
@@ -129,13 +123,7 @@ class SpeechSegmenter(Segmenter):
         self.neg_threshold = max(self.threshold - 0.15, 0.01) if neg_threshold is None else check_positive("neg_threshold", neg_threshold)
         if self.neg_threshold > self.threshold:
             raise ConfigError(f"neg_threshold ({self.neg_threshold}) must not exceed threshold ({self.threshold})")
-        check_post(merge_gap, min_duration, max_duration, padding, short)
-        self.merge_gap = float(merge_gap)
-        self.min_duration = float(min_duration)
-        self.max_duration = None if max_duration is None else float(max_duration)
-        self.padding = float(padding)
-        self.short = short
-        self.split_search = check_positive("split_search", split_search, allow_zero=True)
+        self.set_activity_options(merge_gap, min_duration, max_duration, padding, short, split_search)
         self.block_seconds = check_positive("block_seconds", block_seconds)
         self._model = None
         self._lock = threading.Lock()
@@ -151,12 +139,7 @@ class SpeechSegmenter(Segmenter):
             "warmup_windows": WARMUP_WINDOWS,
             "threshold": self.threshold,
             "neg_threshold": round(self.neg_threshold, 6),
-            "merge_gap": self.merge_gap,
-            "min_duration": self.min_duration,
-            "max_duration": self.max_duration,
-            "padding": self.padding,
-            "short": self.short,
-            "split_search": self.split_search,
+            **self.activity_options(),
         }
 
     def analysis_rate(self, native_rate: int) -> int:
@@ -304,18 +287,7 @@ class SpeechSegmenter(Segmenter):
             return []
         active = hysteresis(probs, self.threshold, self.neg_threshold)
         hop_s = WINDOW / SAMPLE_RATE
-        spans = postprocess_activity(
-            active,
-            frame_hop=hop_s,
-            total_duration=total / SAMPLE_RATE,
-            merge_gap=self.merge_gap,
-            min_duration=self.min_duration,
-            max_duration=self.max_duration,
-            padding=self.padding,
-            short=self.short,
-            scores=probs,
-            split_search=self.split_search,
-        )
+        spans = self.activity_spans(active, frame_hop=hop_s, total_duration=total / SAMPLE_RATE, scores=probs)
 
         def custom(s: float, e: float) -> dict[str, Any]:
             sl = frame_range(s, e, hop_s, 0.0, probs.size)

@@ -22,7 +22,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sonalign.models.components.transformer_blocks import TransformerStack, sinusoidal_positions, zero_padded
+from sonalign.models.components.transformer_blocks import (
+    TransformerStack,
+    sinusoidal_positions,
+    zero_padded,
+)
 
 
 class SpecTran(nn.Module):
