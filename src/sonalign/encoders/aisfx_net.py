@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sonalign.errors import ConfigError
+from sonalign.utils.paths import package_file
 
 SAMPLE_RATE = 44100
 N_FFT = 2048
@@ -34,15 +35,7 @@ _STFT_CHUNK_FRAMES = 50 * WINDOW_FRAMES
 
 def checkpoint_path() -> Path:
     """The checkpoint shipped inside the installed ``aisfx`` package (found without importing it)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("aisfx")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("aisfx-cnn needs the 'aisfx' package (pip install aisfx); it ships the checkpoint")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "checkpoint.pth"
-    if not path.is_file():
-        raise ConfigError(f"aisfx checkpoint not found at {path}")
-    return path
+    return package_file("aisfx", "models/checkpoint.pth", "the aisfx-cnn audio encoder")
 
 
 def checkpoint_safe_globals() -> list[Any]:

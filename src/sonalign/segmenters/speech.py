@@ -33,7 +33,6 @@ segmenter instance processes one file at a time (a lock). ``custom={"kind": "spe
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
@@ -58,6 +57,7 @@ from sonalign.segmenters.postprocess import (
     make_segments,
 )
 from sonalign.segments import Segment
+from sonalign.utils.paths import package_file
 
 SAMPLE_RATE = 16000
 WINDOW = 512  # samples per VAD decision at 16 kHz (32 ms)
@@ -68,15 +68,9 @@ MANY_BATCH = 128  # streams per call in segment_waves (short files: the batch is
 
 
 def silero_model_path() -> Path:
-    """Path of the TorchScript silero-vad model inside the installed package (no import of the
-    package itself, whose ``__init__`` sets torch's global thread count)."""
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("the speech segmenter needs the silero-vad package (pip install silero-vad)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "silero_vad.jit"
-    if not path.is_file():
-        raise ConfigError(f"silero-vad is installed but its model file is missing: {path}")
-    return path
+    """The TorchScript silero-vad model inside the installed package (whose ``__init__`` would set
+    torch's global thread count)."""
+    return package_file("silero_vad", "data/silero_vad.jit", "the speech segmenter")
 
 
 def silero_version() -> str:
